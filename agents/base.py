@@ -1,0 +1,183 @@
+"""The one base every agent shares: the learner interface the trainer calls, and the notebook API.
+
+Learner interface (used by :class:`rl.trainer.Trainer`)
+    ``act(obs, explore) -> (action, extras)``  — batched obs on the device; ``extras`` are stored with
+    the transition (e.g. behaviour log-probs); ``update(batch) -> metrics`` (0-d tensors, no host sync);
+    ``state()`` / ``load_state()``; ``make_storage``/``make_collector``/``make_evaluator`` pick the
+    buffer, actor and evaluation the agent needs.
+
+Notebook API (Stable-Baselines3 style)
+    ``Agent.from_env(env_id, device=..., **hyperparameters)``, ``learn(steps)``, ``evaluate(episodes)``,
+    ``predict(obs)``, ``save(path)``, ``Agent.load(path)``.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABCMeta, abstractmethod
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rl import checkpoint
+from rl.buffers import ReplayBuffer
+from rl.collector import transition_spec
+from rl.config import (AGENTS, AgentConfig, BufferConfig, Config, ConfigError, EnvConfig, LoggerConfig,
+                       TrainerConfig, from_yaml, to_config)
+from rl.trainer import Trainer, env_collector, env_evaluator, resolve_device
+
+
+def describe_space(space: gym.Space) -> dict:
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "Box", "low": torch.from_numpy(space.low), "high": torch.from_numpy(space.high)}
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    raise ConfigError(f"unsupported space {space}")
+
+
+def rebuild_space(d: dict) -> gym.Space:
+    if d["type"] == "Box":
+        return gym.spaces.Box(d["low"].numpy(), d["high"].numpy(), dtype=np.float32)
+    return gym.spaces.Discrete(d["n"], start=d["start"])
+
+
+class Agent(nn.Module, metaclass=ABCMeta):
+    """Base class: subclasses set ``config_cls`` and implement ``act`` and ``update``."""
+
+    config_cls: ClassVar[type[AgentConfig]]
+    random_warmup: ClassVar[bool] = False  # uniform random actions for trainer.learning_starts steps
+    extra_spec: ClassVar[dict] = {}  # extra per-transition tensors returned by act() and stored
+
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: AgentConfig,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        self.obs_space, self.action_space, self.cfg = obs_space, action_space, cfg
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.run_config: Config | None = None  # the env/trainer settings learn() and evaluate() use
+        self._trainer: Trainer | None = None
+
+    # -- learner interface ---------------------------------------------------------------------------
+    @abstractmethod
+    def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """Actions [B, ...] for observations [B, ...] (exploring or greedy), plus tensors to store."""
+
+    @abstractmethod
+    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One learning step on ``batch``; returns 0-d metric tensors, left on the device."""
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+    def make_storage(self, cfg: Config) -> Any:
+        spec = transition_spec(self.obs_space, self.action_space, self.extra_spec)
+        return ReplayBuffer(cfg.buffer.capacity, spec, self.device)
+
+    def make_collector(self, cfg: Config) -> Any:
+        return env_collector(cfg, self.device)
+
+    def make_evaluator(self, cfg: Config) -> Any:
+        return env_evaluator(cfg, self.device)
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def load_counters(self, counters: dict[str, int]) -> None:
+        pass
+
+    def state(self) -> dict:
+        return {"modules": self.state_dict(), "counters": self.counters(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()}}
+
+    def load_state(self, state: dict) -> None:
+        self.load_state_dict(state["modules"])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        self.load_counters(state["counters"])
+
+    def describe_spaces(self) -> dict:
+        return {"obs": describe_space(self.obs_space), "action": describe_space(self.action_space)}
+
+    # -- notebook API --------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: str, device: str = "auto", seed: int = 0, **hyperparameters: Any) -> "Agent":
+        """Build an agent for gymnasium id ``env`` with this class's config, overridden by ``hyperparameters``."""
+        name = re.sub(r"[^a-z0-9]+", "_", env.lower()).strip("_")
+        cfg = Config(agent=cls.config_cls(**hyperparameters), env=EnvConfig(name=name, id=env),
+                     buffer=BufferConfig(), trainer=TrainerConfig(), logger=LoggerConfig(), seed=seed,
+                     device=device)
+        agent = build_agent(to_config(cfg))
+        if not isinstance(agent, cls):
+            raise ConfigError(f"{cls.__name__}.from_env built a {type(agent).__name__}")
+        return agent
+
+    def learn(self, total_steps: int, log_dir: str | Path | None = None, **trainer: Any) -> dict[str, Any]:
+        """Train for ``total_steps`` more environment steps; repeated calls continue the same run."""
+        if self.run_config is None:
+            raise ConfigError("this agent has no environment: build it with from_env(...) or load(...)")
+        if self._trainer is None or trainer or log_dir is not None:
+            if self._trainer is not None:
+                self._trainer.close()
+            cfg = replace(self.run_config, trainer=replace(self.run_config.trainer, **trainer))
+            self._trainer = Trainer(to_config(cfg), self, run_dir=log_dir)
+        return self._trainer.run(self._trainer.step + total_steps)
+
+    def evaluate(self, episodes: int = 10) -> dict[str, float]:
+        """Mean and std of the return of ``episodes`` deterministic episodes on fresh envs."""
+        if self.run_config is None:
+            raise ConfigError("this agent has no environment: build it with from_env(...) or load(...)")
+        cfg = replace(self.run_config, trainer=replace(self.run_config.trainer, eval_episodes=episodes))
+        return env_evaluator(cfg, self.device)(self)
+
+    @torch.no_grad()
+    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+        """Action(s) for one observation or a batch of them (numpy in, numpy out)."""
+        x = torch.as_tensor(np.asarray(obs), device=self.device)
+        x = x.to(torch.float32) if isinstance(self.obs_space, gym.spaces.Box) else x.long()
+        single = x.shape == tuple(self.obs_space.shape)
+        action, _ = self.act(x.unsqueeze(0) if single else x, explore=not deterministic)
+        action = action.cpu().numpy()
+        return action[0] if single else action
+
+    def save(self, path: str | Path) -> Path:
+        """Weights, optimizer state and config in one file (loadable with ``weights_only=True``)."""
+        from rl.config import to_yaml
+
+        if self.run_config is None:
+            raise ConfigError("cannot save an agent built without a run config (use from_env)")
+        return checkpoint.atomic_save({"config": to_yaml(self.run_config), "spaces": self.describe_spaces(),
+                                       "agent": self.state()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "Agent":
+        """Load what :meth:`save` wrote, or a trainer checkpoint (a run directory works too)."""
+        state = checkpoint.load(checkpoint.resolve(path))
+        cfg = from_yaml(state["config"])
+        cfg = replace(cfg, device=device)
+        agent_cls = AGENTS[cfg.agent.name][0]
+        if not issubclass(agent_cls, cls):
+            raise ConfigError(f"{path} holds a {agent_cls.__name__}, not a {cls.__name__}")
+        agent = agent_cls(rebuild_space(state["spaces"]["obs"]), rebuild_space(state["spaces"]["action"]),
+                          cfg.agent, resolve_device(device))
+        agent.run_config = cfg
+        agent.load_state(state["agent"])
+        return agent
+
+
+def build_agent(cfg: Config) -> Agent:
+    """Seed torch, look at the env's spaces and construct the configured agent on the configured device."""
+    from envs.make import probe_spaces
+
+    name = cfg.agent.name
+    if name not in AGENTS:
+        raise ConfigError(f"unknown agent {name!r}; known: {', '.join(sorted(AGENTS))}")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    obs_space, action_space = probe_spaces(cfg.env)
+    agent = AGENTS[name][0](obs_space, action_space, cfg.agent, device)
+    agent.run_config = cfg
+    return agent

@@ -1,0 +1,129 @@
+"""Collectors: the actor side of the loop. They step environments with the agent and fill storage.
+
+A collector has ``collect(agent, storage, random_actions) -> (env_steps, finished_episodes)``,
+``state_dict()`` / ``load_state_dict()`` and ``close()``; the trainer needs nothing else from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import VectorEnv
+from torch import Tensor
+
+from envs.make import restore, snapshot
+
+Episode = tuple[float, int]  # (return, length)
+
+
+class Collector(Protocol):
+    def collect(self, agent: Any, storage: Any, random_actions: bool) -> tuple[int, list[Episode]]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+    def close(self) -> None: ...
+
+
+def space_spec(space: gym.Space) -> tuple[tuple[int, ...], torch.dtype]:
+    """Storage shape and dtype of one element of a gymnasium space."""
+    if isinstance(space, gym.spaces.Box):
+        return tuple(space.shape), torch.float32
+    if isinstance(space, gym.spaces.Discrete):
+        return (), torch.int64
+    raise TypeError(f"unsupported space {space}")
+
+
+def transition_spec(obs_space: gym.Space, act_space: gym.Space, extra: dict | None = None) -> dict:
+    obs, act = space_spec(obs_space), space_spec(act_space)
+    spec = {"obs": obs, "action": act, "reward": ((), torch.float32), "next_obs": obs,
+            "terminated": ((), torch.bool), "truncated": ((), torch.bool)}
+    return {**spec, **(extra or {})}
+
+
+class VectorEnvCollector:
+    """Steps a gymnasium vector env one step per ``collect`` and stores ``num_envs`` transitions."""
+
+    def __init__(self, envs: VectorEnv, device: torch.device, seed: int) -> None:
+        self.envs, self.device = envs, device
+        self.n = envs.num_envs
+        self.act_space = envs.single_action_space
+        obs_spec = space_spec(envs.single_observation_space)
+        self.obs_dtype = obs_spec[1]
+        obs, _ = envs.reset(seed=seed)
+        self.obs = self._tensor(obs)
+        self.ep_return = np.zeros(self.n)
+        self.ep_length = np.zeros(self.n, dtype=np.int64)
+        self.rng = torch.Generator().manual_seed(seed)  # warm-up actions: independent of the agent's RNG
+
+    def _tensor(self, x: np.ndarray) -> Tensor:
+        return torch.as_tensor(x, device=self.device, dtype=self.obs_dtype)
+
+    def random_action(self) -> Tensor:
+        if isinstance(self.act_space, gym.spaces.Discrete):
+            return torch.randint(0, int(self.act_space.n), (self.n,), generator=self.rng)
+        low, high = (torch.as_tensor(b, dtype=torch.float32) for b in (self.act_space.low, self.act_space.high))
+        return low + (high - low) * torch.rand((self.n, *low.shape), generator=self.rng)
+
+    def collect(self, agent: Any, storage: Any, random_actions: bool) -> tuple[int, list[Episode]]:
+        if random_actions:
+            action, extras = self.random_action().to(self.device), {}
+        else:
+            with torch.no_grad():
+                action, extras = agent.act(self.obs, explore=True)
+        next_obs, reward, terminated, truncated, info = self.envs.step(action.cpu().numpy())
+        final_next = next_obs
+        if "_final_obs" in info and info["_final_obs"].any():
+            final_next = next_obs.copy()
+            for i in np.flatnonzero(info["_final_obs"]):
+                final_next[i] = info["final_obs"][i]
+        storage.add({
+            "obs": self.obs, "action": action, "reward": torch.as_tensor(reward, dtype=torch.float32),
+            "next_obs": self._tensor(final_next), "terminated": torch.as_tensor(terminated),
+            "truncated": torch.as_tensor(truncated), **extras,
+        })
+        self.obs = self._tensor(next_obs)
+        self.ep_return += reward
+        self.ep_length += 1
+        finished = []
+        for i in np.flatnonzero(terminated | truncated):
+            finished.append((float(self.ep_return[i]), int(self.ep_length[i])))
+            self.ep_return[i], self.ep_length[i] = 0.0, 0
+        return self.n, finished
+
+    def state_dict(self) -> dict:
+        return {"obs": self.obs.cpu(), "ep_return": torch.from_numpy(self.ep_return.copy()),
+                "ep_length": torch.from_numpy(self.ep_length.copy()), "rng": self.rng.get_state(),
+                "envs": snapshot(self.envs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        restore(self.envs, state["envs"])
+        self.obs = state["obs"].to(self.device)
+        self.ep_return = state["ep_return"].numpy().copy()
+        self.ep_length = state["ep_length"].numpy().copy()
+        self.rng.set_state(state["rng"])
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+@torch.no_grad()
+def evaluate_policy(agent: Any, envs: VectorEnv, episodes: int, seed: int, device: torch.device) -> np.ndarray:
+    """Returns of ``episodes`` deterministic episodes on ``envs`` (separate from training envs).
+
+    Each round resets every sub-env with fixed seeds and runs until each has finished one episode, so the
+    result is a function of the agent's parameters alone.
+    """
+    n, returns = envs.num_envs, []
+    dtype = space_spec(envs.single_observation_space)[1]
+    for round_ in range((episodes + n - 1) // n):
+        obs, _ = envs.reset(seed=seed + round_ * n)
+        ret, done = np.zeros(n), np.zeros(n, dtype=bool)
+        while not done.all():
+            action, _ = agent.act(torch.as_tensor(obs, device=device, dtype=dtype), explore=False)
+            obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
+            ret += np.where(done, 0.0, reward)
+            done |= terminated | truncated
+        returns.extend(ret.tolist())
+    return np.asarray(returns[:episodes])

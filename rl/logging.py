@@ -1,0 +1,77 @@
+"""TensorBoard logging with the zoo's fixed tags, and on-device metric accumulation.
+
+Tags every agent shares: ``charts/episodic_return``, ``charts/episodic_length``, ``charts/SPS``,
+``losses/<name>``, ``eval/return_mean``; LLM runs add ``llm/*``. Hyperparameters go to the HParams tab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class MetricAccumulator:
+    """Sums 0-d metric tensors on their device; one host sync when :meth:`means` is read at log time."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: Mapping[str, Tensor]) -> None:
+        for k, v in metrics.items():
+            v = v.detach()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k].float() / self.counts[k] for k in keys]).tolist()  # one sync
+        self.sums.clear()
+        self.counts.clear()
+        return dict(zip(keys, values))
+
+
+class Logger:
+    """A thin layer over ``SummaryWriter``; ``enabled=False`` (or no ``log_dir``) makes every call a no-op."""
+
+    def __init__(self, log_dir: str | Path | None, enabled: bool = True) -> None:
+        self.writer = None
+        if enabled and log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir))
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        if self.writer is not None:
+            for tag, v in values.items():
+                self.writer.add_scalar(tag, v, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
+    def hparams(self, values: Mapping[str, Any], metric_tags: list[str]) -> None:
+        """Config → HParams tab, linked to ``metric_tags`` logged as ordinary scalars in this same run."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        exp, ssi, sei = hparams(dict(values), {tag: float("nan") for tag in metric_tags})
+        fw = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            fw.add_summary(summary)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,246 @@
+"""The one training loop: collect → store → update → log → evaluate → checkpoint.
+
+The trainer owns time, step counters, seeds/RNG state, logging, evaluation, checkpoints, signals and the
+progress bar. The agent owns how to act and how to learn from a batch; the storage owns sampling; the
+collector owns the environments. Off-policy (replay), on-policy (rollout) and LLM agents all run here.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rl import checkpoint
+from rl.collector import VectorEnvCollector, evaluate_policy
+from rl.config import Config, ConfigError, flat, to_yaml
+from rl.logging import Logger, MetricAccumulator
+
+Evaluator = Callable[[Any], dict[str, float]]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} asked for, but torch sees no CUDA GPU (use device=cpu or auto)")
+    return torch.device(device)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """True when a multiple of ``every`` lies in (before, after]."""
+    return every > 0 and after // every > before // every
+
+
+class Trainer:
+    """Runs ``agent`` as configured by ``cfg``; writes TensorBoard events and checkpoints to ``run_dir``."""
+
+    def __init__(self, cfg: Config, agent: Any, run_dir: str | Path | None = None,
+                 collector: Any = None, evaluator: Evaluator | None = None) -> None:
+        self.cfg, self.agent, self.device = cfg, agent, agent.device
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if cfg.trainer.threads > 0:
+            torch.set_num_threads(cfg.trainer.threads)
+        self.collector = collector or agent.make_collector(cfg)
+        self.storage = agent.make_storage(cfg)
+        self.evaluator = evaluator or agent.make_evaluator(cfg)
+        self.logger = Logger(self.run_dir, enabled=cfg.logger.tensorboard and self.run_dir is not None)
+        self.metrics = MetricAccumulator()
+        self.step = 0  # environment steps (or samples, for LLM runs)
+        self.update_credit = 0.0  # fractional gradient updates owed (utd_ratio × steps)
+        self.episodes = 0
+        self.last_return = math.nan
+        self.last_eval: dict[str, float] = {}
+        self._signal: int | None = None
+        self._hparams_logged = False
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self, total_steps: int | None = None) -> dict[str, Any]:
+        """Train until ``total_steps`` (default ``cfg.trainer.total_steps``) or a SIGINT/SIGTERM."""
+        tc = self.cfg.trainer
+        total = total_steps if total_steps is not None else tc.total_steps
+        if not self._hparams_logged and self.step == 0 and self.cfg.logger.hparams:
+            self.logger.hparams(flat(self.cfg), ["eval/return_mean", "charts/episodic_return"])
+            self._hparams_logged = True
+        previous = self._install_signal_handlers()
+        bar = _progress(total, self.step, tc.progress)
+        t_log, s_log = time.perf_counter(), self.step
+        try:
+            while self.step < total and self._signal is None:
+                before = self.step
+                warmup = self.agent.random_warmup and self.step < tc.learning_starts
+                n, finished = self.collector.collect(self.agent, self.storage, warmup)
+                self.step += n
+                self._log_episodes(finished)
+                if not self.agent.random_warmup or self.step >= tc.learning_starts:
+                    self.update_credit += tc.utd_ratio * n
+                    k = int(self.update_credit)
+                    self.update_credit -= k
+                    for batch in self.storage.batches(k, tc.batch_size):
+                        self.metrics.add(self.agent.update(batch))
+                bar.update(n)
+                if crossed(before, self.step, tc.log_every) or self.step >= total:
+                    now = time.perf_counter()
+                    sps = (self.step - s_log) / max(now - t_log, 1e-9)
+                    t_log, s_log = now, self.step
+                    self._log_scalars({"charts/SPS": sps}, bar)
+                if crossed(before, self.step, tc.eval_every) and self.step < total:
+                    self.evaluate()
+                if crossed(before, self.step, tc.checkpoint_every) and self.step < total:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            self._restore_signal_handlers(previous)
+        if self._signal is not None:
+            path = self.save_checkpoint()
+            name = signal.Signals(self._signal).name
+            where = f"; checkpoint saved to {path}; continue with trainer.resume={self.run_dir}" if path else ""
+            print(f"interrupted by {name} at step {self.step}{where}", file=sys.stderr)
+        else:
+            self.evaluate()
+            self.save_checkpoint()
+        self.logger.flush()
+        return {"step": self.step, "interrupted": self._signal, **self.last_eval}
+
+    def evaluate(self) -> dict[str, float]:
+        self.last_eval = self.evaluator(self.agent)
+        self.logger.scalars({f"eval/{k}": v for k, v in self.last_eval.items()}, self.step)
+        return self.last_eval
+
+    def _log_episodes(self, finished: list[tuple[float, int]]) -> None:
+        for ret, length in finished:
+            self.episodes += 1
+            self.last_return = ret
+            self.logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, self.step)
+
+    def _log_scalars(self, extra: dict[str, float], bar: Any) -> None:
+        values = {f"losses/{k}": v for k, v in self.metrics.means().items()}
+        values.update(extra)
+        self.logger.scalars(values, self.step)
+        bar.set_postfix(SPS=f"{extra['charts/SPS']:.0f}", ret=f"{self.last_return:.1f}", refresh=False)
+
+    # -- signals -----------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict:
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, self._on_signal)
+        return previous
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self._signal = signum
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "version": 1,
+            "config": to_yaml(self.cfg),
+            "spaces": self.agent.describe_spaces(),
+            "agent": self.agent.state(),
+            "trainer": {"step": self.step, "update_credit": self.update_credit, "episodes": self.episodes,
+                        "last_return": self.last_return},
+            "collector": self.collector.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoint.pt`` (and ``buffer.pt``) atomically into the run directory."""
+        if self.run_dir is None:
+            return None
+        state = self.state_dict()
+        if self.cfg.buffer.checkpoint and hasattr(self.storage, "state_dict"):
+            checkpoint.atomic_save({"step": self.step, "storage": self.storage.state_dict()},
+                                   self.run_dir / "buffer.pt")
+            state["buffer_file"] = "buffer.pt"
+        return checkpoint.atomic_save(state, self.run_dir / checkpoint.CHECKPOINT_NAME)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        path = checkpoint.resolve(path)
+        state = checkpoint.load(path, map_location=self.device)
+        self.agent.load_state(state["agent"])
+        t = state["trainer"]
+        self.step, self.update_credit = int(t["step"]), float(t["update_credit"])
+        self.episodes, self.last_return = int(t["episodes"]), float(t["last_return"])
+        self.collector.load_state_dict(state["collector"])
+        if "buffer_file" in state:
+            buf = checkpoint.load(path.parent / state["buffer_file"], map_location=self.device)
+            if buf["step"] != self.step:
+                raise ConfigError(f"{path.parent / state['buffer_file']} is from step {buf['step']}, "
+                                  f"the checkpoint from step {self.step}")
+            self.storage.load_state_dict(buf["storage"])
+        set_rng_state(state["rng"])
+        self._hparams_logged = True
+
+    def close(self) -> None:
+        self.collector.close()
+        self.logger.close()
+
+
+def env_evaluator(cfg: Config, device: torch.device) -> Evaluator:
+    """Mean/std return of ``cfg.trainer.eval_episodes`` deterministic episodes on separate envs."""
+    from envs.make import make_vec_env
+
+    envs = None
+
+    def evaluate(agent: Any) -> dict[str, float]:
+        nonlocal envs
+        if envs is None:
+            envs = make_vec_env(cfg.env, num_envs=min(cfg.trainer.eval_episodes, 10), vectorization="sync")
+        returns = evaluate_policy(agent, envs, cfg.trainer.eval_episodes, cfg.seed + 100_000, device)
+        return {"return_mean": float(returns.mean()), "return_std": float(returns.std())}
+
+    return evaluate
+
+
+def env_collector(cfg: Config, device: torch.device) -> VectorEnvCollector:
+    from envs.make import make_vec_env
+
+    return VectorEnvCollector(make_vec_env(cfg.env), device, cfg.seed)
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                mininterval=0.5, smoothing=0.05)
+
+
+def with_trainer(cfg: Config, **overrides: Any) -> Config:
+    """A copy of ``cfg`` with some trainer fields replaced."""
+    return replace(cfg, trainer=replace(cfg.trainer, **overrides))

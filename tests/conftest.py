@@ -1,0 +1,28 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m rl.train args...`` in ``cwd``; returns the finished process (text output)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "rl.train", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+# Small, fast settings for integration tests (seconds on a CPU).
+TINY = ["trainer.total_steps=600", "trainer.learning_starts=200", "trainer.eval_every=0",
+        "trainer.eval_episodes=2", "trainer.log_every=200", "trainer.progress=false", "device=cpu",
+        "agent.hidden_sizes=[32,32]", "buffer.capacity=5000"]
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)

@@ -98,6 +98,14 @@ def _make_one(cfg: EnvConfig, index: int) -> gym.Env:
     return Snapshot(env, index)
 
 
+def _make_in_worker(cfg: EnvConfig, index: int) -> gym.Env:
+    """For async workers: leave Ctrl-C to the main process, which checkpoints and closes the workers."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return _make_one(cfg, index)
+
+
 def probe_spaces(cfg: EnvConfig) -> tuple[gym.Space, gym.Space]:
     """(observation space, action space) of one sub-env, without keeping it."""
     env = _make_one(cfg, 0)
@@ -115,8 +123,9 @@ def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: str
     """
     n = num_envs or cfg.num_envs
     _make_one(cfg, 0).close()  # fail fast, in this process, on a bad id
-    fns = [lambda i=i: _make_one(cfg, i) for i in range(n)]
     mode = vectorization or cfg.vectorization
+    make = _make_in_worker if mode == "async" else _make_one
+    fns = [lambda i=i: make(cfg, i) for i in range(n)]
     cls = AsyncVectorEnv if mode == "async" else SyncVectorEnv
     return cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 

@@ -16,8 +16,10 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from rl.config import ConfigError
 
-class StepSizeError(ValueError):
+
+class StepSizeError(ConfigError):
     """A step-size schedule that cannot do what the user asked for."""
 
 

@@ -92,6 +92,7 @@ class Trainer:
         previous = self._install_signal_handlers()
         bar = _progress(total, self.step, tc.progress)
         t_log, s_log = time.perf_counter(), self.step
+        t_start, s_start = t_log, self.step
         try:
             while self.step < total and self._signal is None:
                 before = self.step
@@ -118,6 +119,7 @@ class Trainer:
         finally:
             bar.close()
             self._restore_signal_handlers(previous)
+        sps = (self.step - s_start) / max(time.perf_counter() - t_start, 1e-9)  # the loop alone
         if self._signal is not None:
             path = self.save_checkpoint()
             name = signal.Signals(self._signal).name
@@ -127,11 +129,11 @@ class Trainer:
             self.evaluate()
             self.save_checkpoint()
         self.logger.flush()
-        return {"step": self.step, "interrupted": self._signal, **self.last_eval}
+        return {"step": self.step, "sps": sps, "interrupted": self._signal, **self.last_eval}
 
     def evaluate(self) -> dict[str, float]:
-        self.last_eval = self.evaluator(self.agent)
-        self.logger.scalars({f"eval/{k}": v for k, v in self.last_eval.items()}, self.step)
+        self.last_eval = self.evaluator(self.agent)  # plain keys go under eval/, "group/name" keys as they are
+        self.logger.scalars({k if "/" in k else f"eval/{k}": v for k, v in self.last_eval.items()}, self.step)
         return self.last_eval
 
     def _log_episodes(self, finished: list[tuple[float, int]]) -> None:

@@ -7,5 +7,9 @@
 
 from agents.base import Agent, build_agent
 from agents.ddpg import DDPG, DDPGConfig
+from agents.tabular import MC, SARSA, TD, ExpectedSARSA, NStepSARSA, QLearning, TabularConfig
+from agents.qac import A2C, QAC, A2CConfig, OffPAC, OffPACConfig, QACConfig
 
-__all__ = ["Agent", "DDPG", "DDPGConfig", "build_agent"]
+__all__ = ["A2C", "A2CConfig", "Agent", "DDPG", "DDPGConfig", "OffPAC", "OffPACConfig", "QAC", "QACConfig",
+           "build_agent"]
+__all__ += ["ExpectedSARSA", "MC", "NStepSARSA", "QLearning", "SARSA", "TD", "TabularConfig"]

@@ -104,10 +104,12 @@ class Agent(nn.Module, metaclass=ABCMeta):
 
     # -- notebook API --------------------------------------------------------------------------------
     @classmethod
-    def from_env(cls, env: str, device: str = "auto", seed: int = 0, **hyperparameters: Any) -> "Agent":
-        """Build an agent for gymnasium id ``env`` with this class's config, overridden by ``hyperparameters``."""
+    def from_env(cls, env: str, device: str = "auto", seed: int = 0, num_envs: int = 1,
+                 **hyperparameters: Any) -> "Agent":
+        """Build an agent for gymnasium id ``env`` (``num_envs`` copies when it learns) with this class's
+        config, overridden by ``hyperparameters``."""
         name = re.sub(r"[^a-z0-9]+", "_", env.lower()).strip("_")
-        cfg = Config(agent=cls.config_cls(**hyperparameters), env=EnvConfig(name=name, id=env),
+        cfg = Config(agent=cls.config_cls(**hyperparameters), env=EnvConfig(name=name, id=env, num_envs=num_envs),
                      buffer=BufferConfig(), trainer=TrainerConfig(), logger=LoggerConfig(), seed=seed,
                      device=device)
         agent = build_agent(to_config(cfg))

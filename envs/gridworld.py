@@ -296,4 +296,4 @@ def _arrow(img: np.ndarray, y0: float, x0: float, y1: float, x1: float, color: n
 
 
 if "GridWorld-v0" not in gymnasium.registry:
-    gymnasium.register(id="GridWorld-v0", entry_point="envs.gridworld:GridWorld")
+    gymnasium.register(id="GridWorld-v0", entry_point="envs.gridworld:GridWorld", max_episode_steps=100)

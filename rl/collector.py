@@ -109,18 +109,22 @@ class VectorEnvCollector:
 
 
 @torch.no_grad()
-def evaluate_policy(agent: Any, envs: VectorEnv, episodes: int, seed: int, device: torch.device) -> np.ndarray:
+def evaluate_policy(agent: Any, envs: VectorEnv, episodes: int, seed: int, device: torch.device,
+                    max_steps: int = 100_000) -> np.ndarray:
     """Returns of ``episodes`` deterministic episodes on ``envs`` (separate from training envs).
 
     Each round resets every sub-env with fixed seeds and runs until each has finished one episode, so the
-    result is a function of the agent's parameters alone.
+    result is a function of the agent's parameters alone. An episode still running after ``max_steps``
+    (an env without a time limit) is cut there, its return counted so far.
     """
     n, returns = envs.num_envs, []
     dtype = space_spec(envs.single_observation_space)[1]
     for round_ in range((episodes + n - 1) // n):
         obs, _ = envs.reset(seed=seed + round_ * n)
         ret, done = np.zeros(n), np.zeros(n, dtype=bool)
-        while not done.all():
+        for _ in range(max_steps):
+            if done.all():
+                break
             action, _ = agent.act(torch.as_tensor(obs, device=device, dtype=dtype), explore=False)
             obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
             ret += np.where(done, 0.0, reward)

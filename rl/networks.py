@@ -39,3 +39,78 @@ class QCritic(nn.Module):
 
     def forward(self, obs: Tensor, act: Tensor) -> Tensor:
         return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+
+def obs_dim(space) -> int:
+    """Width of the network input for a gymnasium space (a Discrete state becomes a one-hot vector)."""
+    import gymnasium as gym
+
+    return int(space.n) if isinstance(space, gym.spaces.Discrete) else int(torch.tensor(space.shape).prod())
+
+
+class Features(nn.Module):
+    """Observation → float features: one-hot for Discrete states (so a linear layer is a table), else flatten."""
+
+    def __init__(self, space) -> None:
+        super().__init__()
+        import gymnasium as gym
+
+        self.n = int(space.n) if isinstance(space, gym.spaces.Discrete) else 0
+
+    def forward(self, obs: Tensor) -> Tensor:
+        if self.n:
+            return torch.nn.functional.one_hot(obs.long(), self.n).float()
+        return obs.flatten(1).float()
+
+
+class CategoricalPolicy(nn.Module):
+    """``π(·|s) = softmax(f(s))`` over ``n`` actions."""
+
+    def __init__(self, in_dim: int, n: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.net = mlp(in_dim, hidden, n, nn.Tanh)
+
+    def forward(self, x: Tensor) -> torch.distributions.Categorical:
+        return torch.distributions.Categorical(logits=self.net(x))
+
+    @staticmethod
+    def mode(dist: torch.distributions.Categorical) -> Tensor:
+        return dist.logits.argmax(-1)
+
+
+class GaussianPolicy(nn.Module):
+    """``π(·|s) = N(μ(s), diag σ²)`` with a state-independent learned ``log σ``; log-probs summed over dims."""
+
+    def __init__(self, in_dim: int, act_dim: int, hidden: Sequence[int], log_std: float = 0.0) -> None:
+        super().__init__()
+        self.net = mlp(in_dim, hidden, act_dim, nn.Tanh)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std)))
+
+    def forward(self, x: Tensor) -> torch.distributions.Independent:
+        return torch.distributions.Independent(torch.distributions.Normal(self.net(x), self.log_std.exp()), 1)
+
+    @staticmethod
+    def mode(dist: torch.distributions.Independent) -> Tensor:
+        return dist.mean
+
+
+class ValueCritic(nn.Module):
+    """``v(s)`` → [B]."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.net = mlp(in_dim, hidden, 1, nn.Tanh)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class DiscreteQCritic(nn.Module):
+    """``q(s, ·)`` → [B, n] for a Discrete action space."""
+
+    def __init__(self, in_dim: int, n: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.net = mlp(in_dim, hidden, n, nn.Tanh)
+
+    def forward(self, x: Tensor, action: Tensor) -> Tensor:
+        return self.net(x).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)

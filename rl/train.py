@@ -16,6 +16,7 @@ From a notebook, the same run through Hydra's compose API::
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from dataclasses import replace
@@ -89,7 +90,23 @@ def _hydra_main(cfg: DictConfig) -> None:
     print(f"done: {summary} ({run_dir})")
 
 
+_ENV_ID = re.compile(r"env=((?:[\w.-]+/)?[\w.:-]+-v\d+)")
+
+
+def expand_env_ids(argv: list[str]) -> list[str]:
+    """``env=Acrobot-v1`` (a gymnasium id, not a preset in conf/env/) → ``env.id=Acrobot-v1 env.name=acrobot_v1``."""
+    out = []
+    for arg in argv:
+        m = _ENV_ID.fullmatch(arg)
+        if m and not (Path(__file__).resolve().parent.parent / "conf" / "env" / f"{m[1]}.yaml").exists():
+            out += [f"env.id={m[1]}", "env.name=" + re.sub(r"[^a-z0-9]+", "_", m[1].lower()).strip("_")]
+        else:
+            out.append(arg)
+    return out
+
+
 def main() -> None:
+    sys.argv[1:] = expand_env_ids(sys.argv[1:])
     _hydra_main()
 
 

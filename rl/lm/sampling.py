@@ -33,6 +33,8 @@ class GenerationOutput:
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
     """Left-pad to [B, max_len]: (ids, mask) with mask 1 on real tokens."""
+    if not seqs:
+        raise ValueError("no prompts given")
     if any(len(s) == 0 for s in seqs):
         raise ValueError("every prompt needs at least one token (start it with the BOS id)")
     width = max(len(s) for s in seqs)
@@ -93,7 +95,7 @@ def generate(model: TinyLM, prompt_ids: Sequence[Sequence[int]], max_new_tokens:
         if t + 1 == max_new_tokens or bool(finished.all()):
             break
         logits, cache = model(tok[:, None], attention_mask=mask, kv_cache=cache)
-    n = int(lengths.max()) if B else 0
+    n = int(lengths.max())
     return GenerationOutput(out[:, :n], lengths, finished)
 
 

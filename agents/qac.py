@@ -1,0 +1,269 @@
+"""The actor-critic family of ALGORITHMS.md §3: QAC, A2C (TD actor-critic) and off-policy actor-critic.
+
+One pure loss per algorithm; each line maps to the update rule it implements (with δ the TD error):
+
+    QAC     actor  θ += α_θ ∇ ln π(a|s) · q(s,a)            critic (SARSA)  w += α_w [r + γ q(s',a') − q(s,a)] ∇q
+    A2C     actor  θ += α_θ δ ∇ ln π(a|s)                   critic          w += α_w δ ∇v(s)
+    OffPAC  actor  θ += α_θ ρ δ ∇ ln π(a|s)                 critic          w += α_w ρ δ ∇v(s),   ρ = π(a|s)/β(a|s)
+
+Gradient *ascent* on the actor and the critic's semi-gradient step are written as losses whose negative
+gradient is exactly that step (e.g. ½δ² with the target detached has gradient −δ∇v).
+Discrete (categorical) and continuous (Gaussian) policies; MLP critics, or linear-on-one-hot (= tabular)
+critics for the grid world with ``hidden_sizes=[]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List
+
+import gymnasium as gym
+import torch
+from torch import Tensor, nn
+
+from agents.base import Agent
+from rl.approximation import td_target
+from rl.buffers import ReplayBuffer, RolloutBuffer
+from rl.collector import transition_spec
+from rl.config import AgentConfig, Config, ConfigError, check, non_negative, positive, register_agent
+from rl.networks import (CategoricalPolicy, DiscreteQCritic, Features, GaussianPolicy, QCritic, ValueCritic,
+                         obs_dim)
+
+
+@dataclass
+class ActorCriticConfig(AgentConfig):
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])
+    gamma: float = 0.99
+    n_steps: int = 5  # rollout length per update (n-step returns for A2C; 1 = one-step TD actor-critic)
+    ent_coef: float = 0.0  # entropy bonus
+    max_grad_norm: float = 0.5  # 0: no clipping
+    optimizer: str = "adam"  # adam | sgd | rmsprop
+
+    def __post_init__(self) -> None:
+        positive("agent.actor_lr", self.actor_lr)
+        positive("agent.critic_lr", self.critic_lr)
+        check(0 <= self.gamma <= 1, f"agent.gamma must be in [0, 1], got {self.gamma}")
+        positive("agent.n_steps", self.n_steps)
+        non_negative("agent.ent_coef", self.ent_coef)
+        non_negative("agent.max_grad_norm", self.max_grad_norm)
+        check(self.optimizer in ("adam", "sgd", "rmsprop"),
+              f"agent.optimizer must be adam, sgd or rmsprop, got {self.optimizer!r}")
+        check(all(h > 0 for h in self.hidden_sizes), f"agent.hidden_sizes must be positive, got {self.hidden_sizes}")
+
+
+@dataclass
+class A2CConfig(ActorCriticConfig):
+    name: str = "a2c"
+
+
+@dataclass
+class QACConfig(ActorCriticConfig):
+    name: str = "qac"
+    # q(s,a) ~ 1/(1-γ) multiplies ∇ ln π, so the actor needs a smaller step than A2C's δ-weighted one;
+    # joint gradient clipping would let the critic's large TD errors starve the actor, so none.
+    actor_lr: float = 1e-4
+    max_grad_norm: float = 0.0
+
+
+@dataclass
+class OffPACConfig(ActorCriticConfig):
+    name: str = "offpac"
+    behaviour: str = "self"  # self: β = π at collection time (replayed later) | uniform: β uniform (Discrete)
+    rho_clip: float = 10.0  # importance ratios are clipped to ≤ this (inf: none)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.behaviour in ("self", "uniform"), f"agent.behaviour must be self or uniform, got {self.behaviour!r}")
+        positive("agent.rho_clip", self.rho_clip)
+
+
+# -- the math, as pure functions ---------------------------------------------------------------------
+def nstep_returns(rewards: Tensor, next_values: Tensor, terminated: Tensor, truncated: Tensor,
+                  gamma: float) -> Tensor:
+    """Targets over a [T, N] rollout: ``G_t = r_t + γ (1 − term_t) · (v(s'_t) if t ends a segment else G_{t+1})``.
+
+    A segment ends at the rollout's last row and at a truncation (where s'_t is the true last state, so
+    the return bootstraps from it). With T = 1 this is the one-step TD target.
+    """
+    out = torch.empty_like(rewards)
+    g = next_values[-1]
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        nxt = next_values[t] if t == rewards.shape[0] - 1 else torch.where(truncated[t], next_values[t], g)
+        g = td_target(rewards[t], nxt, terminated[t], gamma)
+        out[t] = g
+    return out
+
+
+def a2c_loss(logp: Tensor, entropy: Tensor, values: Tensor, targets: Tensor, ent_coef: float) -> tuple[Tensor, dict]:
+    """δ = G − v(s);  actor −δ·ln π(a|s);  critic ½δ²;  minus the entropy bonus."""
+    delta = targets - values
+    actor = -(delta.detach() * logp).mean()
+    critic = 0.5 * delta.pow(2).mean()
+    ent = entropy.mean()
+    return actor + critic - ent_coef * ent, {"actor": actor.detach(), "critic": critic.detach(), "entropy": ent.detach()}
+
+
+def qac_loss(logp: Tensor, q_sa: Tensor, q_target: Tensor) -> tuple[Tensor, dict]:
+    """actor −q(s,a)·ln π(a|s);  critic ½(r + γ q(s',a') − q(s,a))² (SARSA)."""
+    actor = -(q_sa.detach() * logp).mean()
+    critic = 0.5 * (q_target - q_sa).pow(2).mean()
+    return actor + critic, {"actor": actor.detach(), "critic": critic.detach()}
+
+
+def offpac_loss(logp: Tensor, behaviour_logp: Tensor, values: Tensor, targets: Tensor,
+                rho_clip: float) -> tuple[Tensor, dict]:
+    """ρ = π(a|s)/β(a|s) (clipped, no gradient);  actor −ρ δ ln π(a|s);  critic ½ ρ δ²."""
+    rho = torch.exp(logp.detach() - behaviour_logp).clamp(max=rho_clip)
+    delta = targets - values
+    actor = -(rho * delta.detach() * logp).mean()
+    critic = 0.5 * (rho * delta.pow(2)).mean()
+    return actor + critic, {"actor": actor.detach(), "critic": critic.detach(), "rho_mean": rho.mean()}
+
+
+# -- agents ------------------------------------------------------------------------------------------
+class ActorCritic(Agent):
+    """Shared parts: features, the policy head for the action space, one optimizer with two step sizes."""
+
+    critic_kind = "v"  # "v": state values; "q": action values
+
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: ActorCriticConfig,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(obs_space, action_space, cfg, device)
+        if not isinstance(obs_space, (gym.spaces.Box, gym.spaces.Discrete)):
+            raise ConfigError(f"{type(self).__name__} needs a Box or Discrete observation space, got {obs_space}")
+        self.features = Features(obs_space)
+        d, h = obs_dim(obs_space), cfg.hidden_sizes
+        if isinstance(action_space, gym.spaces.Discrete):
+            self.policy: nn.Module = CategoricalPolicy(d, int(action_space.n), h)
+            q = DiscreteQCritic(d, int(action_space.n), h)
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            self.policy = GaussianPolicy(d, action_space.shape[0], h)
+            q = QCritic(d, action_space.shape[0], h)
+            self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
+        else:
+            raise ConfigError(f"{type(self).__name__} needs a Discrete or 1-d Box action space, got {action_space}")
+        self.critic = q if self.critic_kind == "q" else ValueCritic(d, h)
+        self.to(self.device)
+        groups = [{"params": self.policy.parameters(), "lr": cfg.actor_lr},
+                  {"params": self.critic.parameters(), "lr": cfg.critic_lr}]
+        opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}[cfg.optimizer]
+        kw = {"fused": True} if cfg.optimizer == "adam" and self.device.type == "cuda" else {"foreach": True}
+        self.opt = opt(groups, lr=cfg.actor_lr, **kw)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt}
+
+    def dist(self, obs: Tensor) -> torch.distributions.Distribution:
+        return self.policy(self.features(obs))
+
+    def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        dist = self.dist(obs)
+        if explore:
+            return dist.sample(), {}
+        action = self.policy.mode(dist)
+        return (action.clamp(self.low, self.high) if hasattr(self, "low") else action), {}
+
+    def make_storage(self, cfg: Config) -> Any:
+        spec = transition_spec(self.obs_space, self.action_space, self.extra_spec)
+        return RolloutBuffer(self.cfg.n_steps, cfg.env.num_envs, spec, self.device)
+
+    def step(self, loss: Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.parameters(), self.cfg.max_grad_norm, foreach=True)
+        self.opt.step()
+
+    def state_values(self, obs: Tensor) -> Tensor:
+        """``v(s)`` under the current policy (for reports and grid-world value errors)."""
+        return self.critic(self.features(obs))
+
+
+class A2C(ActorCritic):
+    """Advantage (TD) actor-critic on [T, N] rollouts with n-step returns."""
+
+    config_cls = A2CConfig
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        T, N = batch["reward"].shape
+        x = self.features(batch["obs"].flatten(0, 1))
+        with torch.no_grad():
+            next_v = self.critic(self.features(batch["next_obs"].flatten(0, 1))).view(T, N)
+        targets = nstep_returns(batch["reward"], next_v, batch["terminated"], batch["truncated"], self.cfg.gamma)
+        dist = self.policy(x)
+        loss, metrics = a2c_loss(dist.log_prob(batch["action"].flatten(0, 1)), dist.entropy(), self.critic(x),
+                                 targets.flatten(), self.cfg.ent_coef)
+        self.step(loss)
+        return metrics
+
+
+class QAC(ActorCritic):
+    """Q actor-critic: the critic learns q by SARSA with a' ~ π(·|s'); the actor follows q(s,a)·∇ ln π."""
+
+    config_cls = QACConfig
+    critic_kind = "q"
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        b = {k: v.flatten(0, 1) for k, v in batch.items()}
+        x, x_next = self.features(b["obs"]), self.features(b["next_obs"])
+        with torch.no_grad():
+            next_action = self.policy(x_next).sample()
+            q_target = td_target(b["reward"], self.critic(x_next, next_action), b["terminated"], self.cfg.gamma)
+        loss, metrics = qac_loss(self.policy(x).log_prob(b["action"]), self.critic(x, b["action"]), q_target)
+        self.step(loss)
+        return metrics
+
+    def state_values(self, obs: Tensor) -> Tensor:
+        x = self.features(obs)
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            probs = self.policy(x).probs
+            q_all = self.critic.net(x)
+            return (probs * q_all).sum(-1)
+        return self.critic(x, self.policy(x).mean)
+
+
+class OffPAC(ActorCritic):
+    """Off-policy actor-critic from a replay buffer of (s, a, r, s', β(a|s)) with importance ratios."""
+
+    config_cls = OffPACConfig
+    extra_spec = {"behaviour_logp": ((), torch.float32)}
+
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: OffPACConfig,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(obs_space, action_space, cfg, device)
+        if cfg.behaviour == "uniform" and not isinstance(action_space, gym.spaces.Discrete):
+            raise ConfigError("agent.behaviour=uniform needs a Discrete action space")
+
+    def make_storage(self, cfg: Config) -> Any:
+        spec = transition_spec(self.obs_space, self.action_space, self.extra_spec)
+        return ReplayBuffer(cfg.buffer.capacity, spec, self.device)
+
+    def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        if not explore:
+            return super().act(obs, explore)
+        if self.cfg.behaviour == "uniform":
+            n = int(self.action_space.n)
+            action = torch.randint(0, n, obs.shape[:1], device=obs.device)
+            return action, {"behaviour_logp": torch.full(obs.shape[:1], -float(torch.log(torch.tensor(n))),
+                                                         device=obs.device)}
+        dist = self.dist(obs)
+        action = dist.sample()
+        return action, {"behaviour_logp": dist.log_prob(action)}
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        x = self.features(batch["obs"])
+        with torch.no_grad():
+            targets = td_target(batch["reward"], self.critic(self.features(batch["next_obs"])), batch["terminated"],
+                                self.cfg.gamma)
+        loss, metrics = offpac_loss(self.policy(x).log_prob(batch["action"]), batch["behaviour_logp"],
+                                    self.critic(x), targets, self.cfg.rho_clip)
+        self.step(loss)
+        return metrics
+
+
+register_agent("a2c", A2C, A2CConfig)
+register_agent("qac", QAC, QACConfig)
+register_agent("offpac", OffPAC, OffPACConfig)

@@ -51,6 +51,7 @@ class Agent(nn.Module, metaclass=ABCMeta):
 
     config_cls: ClassVar[type[AgentConfig]]
     random_warmup: ClassVar[bool] = False  # uniform random actions for trainer.learning_starts steps
+    off_policy: ClassVar[bool] = False  # learns from replayed data (so trainer.overlap may reorder its updates)
     extra_spec: ClassVar[dict] = {}  # extra per-transition tensors returned by act() and stored
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: AgentConfig,
@@ -59,6 +60,9 @@ class Agent(nn.Module, metaclass=ABCMeta):
         self.obs_space, self.action_space, self.cfg = obs_space, action_space, cfg
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.run_config: Config | None = None  # the env/trainer settings learn() and evaluate() use
+        self.num_updates = 0
+        self._graphed_update: Any = None  # rl.graphs.Graphed, once use_cuda_graphs() is called
+        self._graphed_act: Any = None
         self._trainer: Trainer | None = None
 
     # -- learner interface ---------------------------------------------------------------------------
@@ -66,9 +70,40 @@ class Agent(nn.Module, metaclass=ABCMeta):
     def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
         """Actions [B, ...] for observations [B, ...] (exploring or greedy), plus tensors to store."""
 
-    @abstractmethod
     def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """One learning step on ``batch``; returns 0-d metric tensors, left on the device."""
+        phase = self.phase()
+        metrics = self._graphed_update(phase, batch) if self._graphed_update else self.update_step(batch, phase)
+        self.num_updates += 1
+        return metrics
+
+    def explore(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``act(obs, explore=True)`` as collectors call it (from a CUDA graph once :meth:`use_cuda_graphs`)."""
+        if self._graphed_act:
+            return self._graphed_act(True, {"obs": obs})
+        return self.act(obs, explore=True)
+
+    def use_cuda_graphs(self) -> bool:
+        """Replay :meth:`update_step` (one graph per phase) and exploring :meth:`act` from CUDA graphs.
+        Returns False (and changes nothing) off CUDA or for an agent whose update is not a pure ``update_step``."""
+        if self._graphed_update is not None:
+            return True
+        if self.device.type != "cuda" or type(self).update_step is Agent.update_step:
+            return False
+        from rl.graphs import Graphed
+
+        self._graphed_update = Graphed(lambda phase, batch: self.update_step(batch, phase))
+        self._graphed_act = Graphed(lambda explore, x: self.act(x["obs"], explore))
+        return True
+
+    def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
+        """The tensor work of one update, a function of (``batch``, ``phase``) and the agent's tensors only:
+        no host-side state, no host sync — so that the trainer can capture it in a CUDA graph (one per phase)."""
+        raise NotImplementedError(f"{type(self).__name__} defines update() itself")
+
+    def phase(self) -> int:
+        """Which variant of :meth:`update_step` the next update runs (e.g. TD3: with or without the actor step)."""
+        return 0
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {}
@@ -81,13 +116,23 @@ class Agent(nn.Module, metaclass=ABCMeta):
         return env_collector(cfg, self.device)
 
     def make_evaluator(self, cfg: Config) -> Any:
-        return env_evaluator(cfg, self.device)
+        return with_value_error(env_evaluator(cfg, self.device), self, cfg)
+
+    def values(self) -> np.ndarray | None:
+        """The agent's state-value estimate [S] on a finite-state env (None where that does not apply)."""
+        return None
+
+    def exact_values(self, P: np.ndarray, R: np.ndarray) -> np.ndarray:
+        """What :meth:`values` should converge to on the finite MDP (P [S,A,S'], R [S,A]): v* by default."""
+        from envs.bellman import value_iteration
+
+        return value_iteration(P, R, self.cfg.gamma)[0]
 
     def counters(self) -> dict[str, int]:
-        return {}
+        return {"num_updates": self.num_updates}
 
     def load_counters(self, counters: dict[str, int]) -> None:
-        pass
+        self.num_updates = int(counters.get("num_updates", 0))
 
     def state(self) -> dict:
         return {"modules": self.state_dict(), "counters": self.counters(),
@@ -168,6 +213,24 @@ class Agent(nn.Module, metaclass=ABCMeta):
         agent.run_config = cfg
         agent.load_state(state["agent"])
         return agent
+
+
+def with_value_error(evaluate: Any, agent: Agent, cfg: Config) -> Any:
+    """Adds ``charts/value_error`` = max_s |values() − exact| to an evaluator, on grid-world envs."""
+    from envs.gridworld import GridWorld
+
+    env = gym.make(cfg.env.id, **cfg.env.kwargs).unwrapped
+    exact = None
+    if isinstance(env, GridWorld) and agent.values() is not None:
+        exact = agent.exact_values(*env.transition_model())
+    env.close()
+    if exact is None:
+        return evaluate
+
+    def evaluate_with_error(a: Agent) -> dict[str, float]:
+        return {**evaluate(a), "charts/value_error": float(np.abs(a.values() - exact).max())}
+
+    return evaluate_with_error
 
 
 def build_agent(cfg: Config) -> Agent:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from agents.base import Agent
 from rl.approximation import polyak_update, td_target
 from rl.config import AgentConfig, ConfigError, check, non_negative, positive, register_agent
-from rl.networks import DeterministicActor, QCritic
+from rl.networks import DeterministicActor, QCritic, adam
 
 
 @dataclass
@@ -78,6 +78,7 @@ def actor_loss(q_of_mu: Tensor) -> Tensor:
 class DDPG(Agent):
     config_cls = DDPGConfig
     random_warmup = True
+    off_policy = True
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: DDPGConfig,
                  device: str | torch.device = "cpu") -> None:
@@ -97,19 +98,15 @@ class DDPG(Agent):
         self.register_buffer("low", low.float())
         self.register_buffer("high", high.float())
         self.to(self.device)
-        fused = self.device.type == "cuda"
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=fused)
-        self.critic_opt = torch.optim.Adam(self.critics.parameters(), lr=cfg.critic_lr, fused=fused)
-        self.num_updates = 0
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, self.device)
+        self.critic_opt = adam(self.critics.parameters(), cfg.critic_lr, self.device)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_opt, "critic": self.critic_opt}
 
-    def counters(self) -> dict[str, int]:
-        return {"num_updates": self.num_updates}
-
-    def load_counters(self, counters: dict[str, int]) -> None:
-        self.num_updates = int(counters["num_updates"])
+    def phase(self) -> int:
+        """1 when this update also steps the actor and the targets (every ``policy_delay``-th update)."""
+        return int((self.num_updates + 1) % self.cfg.policy_delay == 0)
 
     def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
         action = self.actor(obs)
@@ -118,7 +115,7 @@ class DDPG(Agent):
             action = torch.clamp(action + noise, self.low, self.high)
         return action, {}
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
         cfg = self.cfg
         obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
         with torch.no_grad():
@@ -132,14 +129,13 @@ class DDPG(Agent):
                               batch["terminated"], cfg.gamma)
         qs = [q(obs, action) for q in self.critics]
         loss_q = critic_loss(qs, y)
-        self.critic_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=False)  # in place: a replayed graph keeps its gradient buffers
         loss_q.backward()
         self.critic_opt.step()
-        self.num_updates += 1
         metrics = {"critic": loss_q.detach(), "q_mean": qs[0].detach().mean()}
-        if self.num_updates % cfg.policy_delay == 0:
+        if phase:
             loss_mu = actor_loss(self.critics[0](obs, self.actor(obs)))
-            self.actor_opt.zero_grad(set_to_none=True)
+            self.actor_opt.zero_grad(set_to_none=False)
             loss_mu.backward()
             self.actor_opt.step()
             polyak_update(self.actor_target.parameters(), self.actor.parameters(), cfg.tau)

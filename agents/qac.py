@@ -26,7 +26,7 @@ from rl.approximation import td_target
 from rl.buffers import ReplayBuffer, RolloutBuffer
 from rl.collector import transition_spec
 from rl.config import AgentConfig, Config, ConfigError, check, non_negative, positive, register_agent
-from rl.networks import (CategoricalPolicy, DiscreteQCritic, Features, GaussianPolicy, QCritic, ValueCritic,
+from rl.networks import (CategoricalPolicy, DiscreteQCritic, Features, GaussianPolicy, QCritic, ValueCritic, adam,
                          obs_dim)
 
 
@@ -149,9 +149,12 @@ class ActorCritic(Agent):
         self.to(self.device)
         groups = [{"params": self.policy.parameters(), "lr": cfg.actor_lr},
                   {"params": self.critic.parameters(), "lr": cfg.critic_lr}]
-        opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}[cfg.optimizer]
-        kw = {"fused": True} if cfg.optimizer == "adam" and self.device.type == "cuda" else {"foreach": True}
-        self.opt = opt(groups, lr=cfg.actor_lr, **kw)
+        if cfg.optimizer == "adam":
+            self.opt = adam(groups, cfg.actor_lr, self.device)
+        elif cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(groups, lr=cfg.actor_lr, foreach=True)
+        else:
+            self.opt = torch.optim.RMSprop(groups, lr=cfg.actor_lr, foreach=True, capturable=self.device.type == "cuda")
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt}
@@ -171,7 +174,7 @@ class ActorCritic(Agent):
         return RolloutBuffer(self.cfg.n_steps, cfg.env.num_envs, spec, self.device)
 
     def step(self, loss: Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=False)  # in place: a replayed CUDA graph keeps its gradient buffers
         loss.backward()
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self.parameters(), self.cfg.max_grad_norm, foreach=True)
@@ -181,13 +184,19 @@ class ActorCritic(Agent):
         """``v(s)`` under the current policy (for reports and grid-world value errors)."""
         return self.critic(self.features(obs))
 
+    @torch.no_grad()
+    def values(self) -> Any:
+        if not isinstance(self.obs_space, gym.spaces.Discrete):
+            return None
+        return self.state_values(torch.arange(int(self.obs_space.n), device=self.device)).cpu().numpy()
+
 
 class A2C(ActorCritic):
     """Advantage (TD) actor-critic on [T, N] rollouts with n-step returns."""
 
     config_cls = A2CConfig
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
         T, N = batch["reward"].shape
         x = self.features(batch["obs"].flatten(0, 1))
         with torch.no_grad():
@@ -206,7 +215,7 @@ class QAC(ActorCritic):
     config_cls = QACConfig
     critic_kind = "q"
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
         b = {k: v.flatten(0, 1) for k, v in batch.items()}
         x, x_next = self.features(b["obs"]), self.features(b["next_obs"])
         with torch.no_grad():
@@ -229,6 +238,7 @@ class OffPAC(ActorCritic):
     """Off-policy actor-critic from a replay buffer of (s, a, r, s', β(a|s)) with importance ratios."""
 
     config_cls = OffPACConfig
+    off_policy = True
     extra_spec = {"behaviour_logp": ((), torch.float32)}
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: OffPACConfig,
@@ -253,7 +263,7 @@ class OffPAC(ActorCritic):
         action = dist.sample()
         return action, {"behaviour_logp": dist.log_prob(action)}
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
         x = self.features(batch["obs"])
         with torch.no_grad():
             targets = td_target(batch["reward"], self.critic(self.features(batch["next_obs"])), batch["terminated"],

@@ -20,6 +20,8 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from rl.config import ConfigError
+
 Cell = tuple[int, int]
 
 CLASSIC_FORBIDDEN: tuple[Cell, ...] = ((1, 1), (1, 2), (2, 2), (3, 1), (3, 3), (4, 1))
@@ -40,8 +42,8 @@ _LOW_VALUE = np.array([255, 245, 235], np.float64)  # value shading: lowest valu
 _HIGH_VALUE = np.array([80, 185, 90], np.float64)
 
 
-class GridWorldError(ValueError):
-    """An invalid grid-world layout."""
+class GridWorldError(ConfigError):
+    """An invalid grid-world layout (a ``ValueError``; on the command line, one line and exit code 2)."""
 
 
 class GridWorld(gymnasium.Env):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -45,6 +45,8 @@ class ReplayBuffer:
         self.data = _alloc(self.spec, (self.capacity,), self.device)
         self.pos = 0  # next write index
         self.size = 0
+        self.size_on_device = torch.zeros((), dtype=torch.float64, device=self.device)  # read by sample()
+        self._graphed_sample: Any = None
 
     def __len__(self) -> int:
         return self.size
@@ -59,18 +61,43 @@ class ReplayBuffer:
         n = next(iter(step.values())).shape[0]
         if n > self.capacity:
             raise ValueError(f"cannot add {n} transitions to a buffer of capacity {self.capacity}")
-        idx = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
+        first = min(n, self.capacity - self.pos)  # rows before the ring wraps: plain slice copies, no index kernels
         for k, v in step.items():
-            self.data[k].index_copy_(0, idx, v.to(self.device, self.data[k].dtype).reshape(n, *self.spec[k][0]))
+            v = v.reshape(n, *self.spec[k][0])
+            self.data[k][self.pos:self.pos + first].copy_(v[:first], non_blocking=True)
+            if first < n:
+                self.data[k][:n - first].copy_(v[first:], non_blocking=True)
         self.pos = (self.pos + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
+        if self.size < self.capacity:
+            self.size = min(self.size + n, self.capacity)
+            self.size_on_device.fill_(self.size)
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """``batch_size`` transitions drawn uniformly with replacement, on the buffer's device."""
+    def sample(self, batch_size: int) -> dict[str, Tensor]:
+        """``batch_size`` transitions drawn uniformly with replacement, on the buffer's device.
+
+        The index is ``floor(u · size)`` with ``u ~ U[0, 1)`` (float64) and ``size`` read from a device tensor,
+        so sampling makes no host sync and can be captured in a CUDA graph that is replayed as the buffer grows.
+        """
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
+        if self._graphed_sample is not None:
+            return self._graphed_sample(batch_size, {})
+        return self._sample(batch_size)
+
+    def _sample(self, batch_size: int) -> dict[str, Tensor]:
+        u = torch.rand(batch_size, device=self.device, dtype=torch.float64)
+        idx = (u * self.size_on_device).long()
         return {k: v[idx] for k, v in self.data.items()}
+
+    def use_cuda_graphs(self) -> bool:
+        """Sample from a CUDA graph (one replay instead of ~10 launches); its outputs are the same tensors every
+        time, so a graphed update reads them without a copy. Off CUDA: False, nothing changes."""
+        if self.device.type != "cuda":
+            return False
+        from rl.graphs import Graphed
+
+        self._graphed_sample = self._graphed_sample or Graphed(lambda batch_size, _: self._sample(batch_size))
+        return True
 
     def batches(self, num_updates: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
         """The trainer's view: ``num_updates`` independent uniform minibatches."""
@@ -94,6 +121,7 @@ class ReplayBuffer:
                 f"this one (capacity {self.capacity}, keys {sorted(self.spec)})"
             )
         self.pos, self.size = int(state["pos"]), int(state["size"])
+        self.size_on_device.fill_(self.size)
         for k, v in state["data"].items():
             self.data[k][: self.size] = v.to(self.device)
 

@@ -6,6 +6,7 @@ A collector has ``collect(agent, storage, random_actions) -> (env_steps, finishe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -20,7 +21,8 @@ Episode = tuple[float, int]  # (return, length)
 
 
 class Collector(Protocol):
-    def collect(self, agent: Any, storage: Any, random_actions: bool) -> tuple[int, list[Episode]]: ...
+    def collect(self, agent: Any, storage: Any, random_actions: bool,
+                during: Callable[[int], None] | None = None) -> tuple[int, list[Episode]]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
     def close(self) -> None: ...
@@ -60,19 +62,19 @@ class VectorEnvCollector:
     def _tensor(self, x: np.ndarray) -> Tensor:
         return torch.as_tensor(x, device=self.device, dtype=self.obs_dtype)
 
-    def random_action(self) -> Tensor:
-        if isinstance(self.act_space, gym.spaces.Discrete):
-            return torch.randint(0, int(self.act_space.n), (self.n,), generator=self.rng)
-        low, high = (torch.as_tensor(b, dtype=torch.float32) for b in (self.act_space.low, self.act_space.high))
-        return low + (high - low) * torch.rand((self.n, *low.shape), generator=self.rng)
-
-    def collect(self, agent: Any, storage: Any, random_actions: bool) -> tuple[int, list[Episode]]:
+    def collect(self, agent: Any, storage: Any, random_actions: bool,
+                during: Callable[[int], None] | None = None) -> tuple[int, list[Episode]]:
+        """One step of every env. ``during(n)``, if given, runs once the actions are known and before the envs
+        step (the trainer's overlapped updates: queued on the GPU while the host simulates)."""
         if random_actions:
-            action, extras = self.random_action().to(self.device), {}
+            action, extras = uniform_actions(self.act_space, self.n, self.rng).to(self.device), {}
         else:
             with torch.no_grad():
-                action, extras = agent.act(self.obs, explore=True)
-        next_obs, reward, terminated, truncated, info = self.envs.step(action.cpu().numpy())
+                action, extras = agent.explore(self.obs)
+        host_action = action.cpu().numpy()
+        if during is not None:
+            during(self.n)
+        next_obs, reward, terminated, truncated, info = self.envs.step(host_action)
         final_next = next_obs
         if "_final_obs" in info and info["_final_obs"].any():
             final_next = next_obs.copy()
@@ -106,6 +108,71 @@ class VectorEnvCollector:
 
     def close(self) -> None:
         self.envs.close()
+
+
+def uniform_actions(space: gym.Space, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` uniform random actions of ``space`` on the generator's device."""
+    device = generator.device
+    if isinstance(space, gym.spaces.Discrete):
+        return torch.randint(0, int(space.n), (n,), generator=generator, device=device)
+    low, high = (torch.as_tensor(b, dtype=torch.float32, device=device) for b in (space.low, space.high))
+    return low + (high - low) * torch.rand((n, *low.shape), generator=generator, device=device)
+
+
+class TorchEnvCollector:
+    """Steps a batched torch env (:mod:`envs.torch_envs`) that lives on the run's device: observations, actions,
+    rewards and episode statistics never leave it. Finished-episode statistics are summed on the device and
+    read once per log (:meth:`pop_logs`), so collecting makes no host sync at all."""
+
+    def __init__(self, env: Any, seed: int) -> None:
+        self.env, self.n, self.device = env, env.num_envs, env.device
+        self.act_space = env.single_action_space
+        self.obs = env.reset(seed=seed)
+        self.ep_return = torch.zeros(self.n, device=self.device)
+        self.ep_length = torch.zeros(self.n, device=self.device)
+        self.finished = torch.zeros(3, device=self.device)  # Σ return, Σ length, count of finished episodes
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
+
+    @torch.no_grad()
+    def collect(self, agent: Any, storage: Any, random_actions: bool,
+                during: Callable[[int], None] | None = None) -> tuple[int, list[Episode]]:
+        if random_actions:
+            action, extras = uniform_actions(self.act_space, self.n, self.rng), {}
+        else:
+            action, extras = agent.explore(self.obs)
+        if during is not None:
+            during(self.n)
+        next_obs, reward, terminated, truncated, final_obs = self.env.step(action)
+        storage.add({"obs": self.obs, "action": action, "reward": reward, "next_obs": final_obs,
+                     "terminated": terminated, "truncated": truncated, **extras})
+        self.obs = next_obs
+        self.ep_return += reward
+        self.ep_length += 1
+        done = (terminated | truncated).float()
+        self.finished += torch.stack([(self.ep_return * done).sum(), (self.ep_length * done).sum(), done.sum()])
+        self.ep_return *= 1 - done
+        self.ep_length *= 1 - done
+        return self.n, []
+
+    def pop_logs(self) -> tuple[dict[str, float], dict[str, str]]:
+        total_return, total_length, count = self.finished.tolist()  # the one sync, at log time
+        self.finished.zero_()
+        if count == 0:
+            return {}, {}
+        return {"charts/episodic_return": total_return / count, "charts/episodic_length": total_length / count}, {}
+
+    def state_dict(self) -> dict:
+        return {"env": self.env.state_dict(), "obs": self.obs, "ep_return": self.ep_return,
+                "ep_length": self.ep_length, "finished": self.finished, "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.env.load_state_dict(state["env"])
+        for k in ("obs", "ep_return", "ep_length", "finished"):
+            setattr(self, k, state[k].to(self.device))
+        self.rng.set_state(state["rng"].cpu())
+
+    def close(self) -> None:
+        self.env.close()
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ sense (a negative learning rate, an unknown vectorization mode) fail in ``__post
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -43,7 +43,8 @@ class EnvConfig:
     name: str = "pendulum"  # short tag used in run directory names
     id: str = "Pendulum-v1"  # a gymnasium id (or one registered by ``envs``)
     num_envs: int = 1
-    vectorization: str = "sync"  # sync | async
+    vectorization: str = "sync"  # sync | async  (gymnasium backend)
+    backend: str = "gymnasium"  # gymnasium: envs on the host | torch: batched envs on the run's device (envs/torch_envs)
     max_episode_steps: Optional[int] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)
 
@@ -51,6 +52,12 @@ class EnvConfig:
         positive("env.num_envs", self.num_envs)
         check(self.vectorization in ("sync", "async"),
               f"env.vectorization must be 'sync' or 'async', got {self.vectorization!r}")
+        check(self.backend in ("gymnasium", "torch"), f"env.backend must be 'gymnasium' or 'torch', got {self.backend!r}")
+        if self.backend == "torch":
+            from envs.torch_envs import TORCH_ENVS
+
+            check(self.id in TORCH_ENVS, f"env.backend=torch has no batched version of {self.id!r}; "
+                                         f"available: {', '.join(sorted(TORCH_ENVS))}")
         if self.max_episode_steps is not None:
             positive("env.max_episode_steps", self.max_episode_steps)
 
@@ -76,7 +83,9 @@ class TrainerConfig:
     checkpoint_every: int = 10_000  # env steps between checkpoints (0: only at the end)
     progress: bool = True  # progress bar (tqdm; works in Jupyter)
     resume: Optional[str] = None  # run directory or checkpoint file to continue from
-    compile: bool = False  # torch.compile the update (GPU runs)
+    compile: bool = False  # CUDA graphs: each update and each exploring action is one graph replay (device=cuda)
+    overlap: bool = False  # off-policy agents: update on the GPU while the host steps the envs (each update then
+    #                        samples the replay buffer as it was before the newest transition)
     threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest for small MLPs on a CPU
 
     def __post_init__(self) -> None:
@@ -113,6 +122,7 @@ class Config:
 
 
 AGENTS: dict[str, tuple[type, type]] = {}  # name -> (agent class, config class)
+PRESETS: dict[str, Any] = {}  # name -> that name's default config instance (e.g. td3 = DDPG + three flags)
 
 
 def register_agent(name: str, agent_cls: type, config_cls: type, preset: Any = None) -> None:
@@ -121,7 +131,15 @@ def register_agent(name: str, agent_cls: type, config_cls: type, preset: Any = N
     ``preset``: a ``config_cls`` instance holding this name's defaults (e.g. TD3 = DDPG + three flags).
     """
     AGENTS[name] = (agent_cls, config_cls)
+    PRESETS[name] = preset if preset is not None else config_cls()
     ConfigStore.instance().store(group="agent", name=name, node=preset if preset is not None else config_cls)
+
+
+def agent_config(name: str, **overrides: Any) -> Any:
+    """The config of agent ``name`` (its preset) with ``overrides`` applied; checks run again."""
+    if name not in AGENTS:
+        raise ConfigError(f"unknown agent {name!r}; known: {', '.join(sorted(AGENTS))}")
+    return replace(PRESETS[name], **overrides)
 
 
 def register_schemas() -> None:

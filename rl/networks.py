@@ -8,6 +8,14 @@ import torch
 from torch import Tensor, nn
 
 
+def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam as the hot path wants it: on CUDA one fused kernel per step, with its step count on the device
+    (``capturable``) so that a CUDA graph can replay the step; on a CPU the foreach implementation."""
+    if device.type == "cuda":
+        return torch.optim.Adam(params, lr=lr, fused=True, capturable=True)
+    return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """``in_dim → hidden… → out_dim`` with ``activation`` between layers and none after the last."""
     dims, layers = [in_dim, *hidden], []
@@ -71,7 +79,7 @@ class CategoricalPolicy(nn.Module):
         self.net = mlp(in_dim, hidden, n, nn.Tanh)
 
     def forward(self, x: Tensor) -> torch.distributions.Categorical:
-        return torch.distributions.Categorical(logits=self.net(x))
+        return torch.distributions.Categorical(logits=self.net(x), validate_args=False)  # checks would sync
 
     @staticmethod
     def mode(dist: torch.distributions.Categorical) -> Tensor:
@@ -87,7 +95,8 @@ class GaussianPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std)))
 
     def forward(self, x: Tensor) -> torch.distributions.Independent:
-        return torch.distributions.Independent(torch.distributions.Normal(self.net(x), self.log_std.exp()), 1)
+        normal = torch.distributions.Normal(self.net(x), self.log_std.exp(), validate_args=False)  # checks would sync
+        return torch.distributions.Independent(normal, 1, validate_args=False)
 
     @staticmethod
     def mode(dist: torch.distributions.Independent) -> Tensor:

@@ -83,6 +83,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         _discard_empty_run_dir(run_dir)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if cfg.trainer.resume:  # the run went on in its own directory: drop the one Hydra made for this call
+        _discard_empty_run_dir(run_dir)
+        run_dir = checkpoint.resolve(cfg.trainer.resume).parent
     if result.get("interrupted"):
         sys.exit(128 + int(result["interrupted"]))
     summary = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
@@ -105,8 +108,20 @@ def expand_env_ids(argv: list[str]) -> list[str]:
     return out
 
 
+def refuse_existing_run_dir(argv: list[str]) -> None:
+    """``hydra.run.dir=<a finished or running run>`` without ``trainer.resume``: stop before Hydra rewrites its
+    ``.hydra/`` record (Hydra writes it before any of our code runs)."""
+    keys = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    run_dir = keys.get("hydra.run.dir")
+    if run_dir and not keys.get("trainer.resume") and (Path(run_dir) / checkpoint.CHECKPOINT_NAME).exists():
+        print(f"error: {run_dir} already holds a run; pick a new directory or resume it with "
+              f"trainer.resume={run_dir}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     sys.argv[1:] = expand_env_ids(sys.argv[1:])
+    refuse_existing_run_dir(sys.argv[1:])
     _hydra_main()
 
 

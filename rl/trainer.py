@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from rl import checkpoint
-from rl.collector import VectorEnvCollector, evaluate_policy
+from rl.collector import TorchEnvCollector, VectorEnvCollector, evaluate_policy
 from rl.config import Config, ConfigError, flat, to_yaml
 from rl.logging import Logger, MetricAccumulator
 
@@ -68,8 +68,17 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if cfg.trainer.threads > 0:
             torch.set_num_threads(cfg.trainer.threads)
+        if cfg.trainer.overlap and not agent.off_policy:
+            raise ConfigError(f"trainer.overlap=true needs an off-policy agent (replayed data); {type(agent).__name__} "
+                              "learns from its current policy's steps")
         self.collector = collector or agent.make_collector(cfg)
         self.storage = agent.make_storage(cfg)
+        if cfg.trainer.compile:
+            if agent.use_cuda_graphs():
+                getattr(self.storage, "use_cuda_graphs", lambda: False)()
+            else:
+                print(f"trainer.compile: CUDA graphs need device=cuda and a graphable update; {type(agent).__name__} "
+                      f"on {agent.device} runs eagerly", file=sys.stderr)
         self.evaluator = evaluator or agent.make_evaluator(cfg)
         self.logger = Logger(self.run_dir, enabled=cfg.logger.tensorboard and self.run_dir is not None)
         self.metrics = MetricAccumulator()
@@ -97,15 +106,15 @@ class Trainer:
             while self.step < total and self._signal is None:
                 before = self.step
                 warmup = self.agent.random_warmup and self.step < tc.learning_starts
-                n, finished = self.collector.collect(self.agent, self.storage, warmup)
-                self.step += n
+                if tc.overlap and len(self.storage) > 0:  # updates run on the GPU while the host steps the envs
+                    n, finished = self.collector.collect(self.agent, self.storage, warmup,
+                                                         during=lambda n: self._update(n, self.step + n))
+                    self.step += n
+                else:
+                    n, finished = self.collector.collect(self.agent, self.storage, warmup)
+                    self.step += n
+                    self._update(n, self.step)
                 self._log_episodes(finished)
-                if not self.agent.random_warmup or self.step >= tc.learning_starts:
-                    self.update_credit += tc.utd_ratio * n
-                    k = int(self.update_credit)
-                    self.update_credit -= k
-                    for batch in self.storage.batches(k, tc.batch_size):
-                        self.metrics.add(self.agent.update(batch))
                 bar.update(n)
                 if crossed(before, self.step, tc.log_every) or self.step >= total:
                     now = time.perf_counter()
@@ -131,6 +140,17 @@ class Trainer:
         self.logger.flush()
         return {"step": self.step, "sps": sps, "interrupted": self._signal, **self.last_eval}
 
+    def _update(self, n: int, step: int) -> None:
+        """The gradient updates owed for ``n`` more env steps (``utd_ratio`` each), once past the warm-up."""
+        tc = self.cfg.trainer
+        if self.agent.random_warmup and step < tc.learning_starts:
+            return
+        self.update_credit += tc.utd_ratio * n
+        k = int(self.update_credit)
+        self.update_credit -= k
+        for batch in self.storage.batches(k, tc.batch_size):
+            self.metrics.add(self.agent.update(batch))
+
     def evaluate(self) -> dict[str, float]:
         self.last_eval = self.evaluator(self.agent)  # plain keys go under eval/, "group/name" keys as they are
         self.logger.scalars({k if "/" in k else f"eval/{k}": v for k, v in self.last_eval.items()}, self.step)
@@ -145,6 +165,12 @@ class Trainer:
     def _log_scalars(self, extra: dict[str, float], bar: Any) -> None:
         values = {f"losses/{k}": v for k, v in self.metrics.means().items()}
         values.update(extra)
+        if hasattr(self.collector, "pop_logs"):  # collectors with their own statistics (e.g. the LLM's llm/* tags)
+            scalars, texts = self.collector.pop_logs()
+            values.update(scalars)
+            self.last_return = scalars.get("charts/episodic_return", self.last_return)
+            for tag, text in texts.items():
+                self.logger.text(tag, text, self.step)
         self.logger.scalars(values, self.step)
         bar.set_postfix(SPS=f"{extra['charts/SPS']:.0f}", ret=f"{self.last_return:.1f}", refresh=False)
 
@@ -230,9 +256,17 @@ def env_evaluator(cfg: Config, device: torch.device) -> Evaluator:
     return evaluate
 
 
-def env_collector(cfg: Config, device: torch.device) -> VectorEnvCollector:
+def env_collector(cfg: Config, device: torch.device) -> VectorEnvCollector | TorchEnvCollector:
+    """Gymnasium vector envs stepped on the host (``env.backend=gymnasium``), or batched torch envs that live on
+    the run's device (``env.backend=torch``, e.g. ``env=pendulum_gpu``)."""
     from envs.make import make_vec_env
 
+    if cfg.env.backend == "torch":
+        from envs.torch_envs import make_torch_env
+
+        env = make_torch_env(cfg.env.id, cfg.env.num_envs, device, max_episode_steps=cfg.env.max_episode_steps,
+                             **cfg.env.kwargs)
+        return TorchEnvCollector(env, cfg.seed)
     return VectorEnvCollector(make_vec_env(cfg.env), device, cfg.seed)
 
 

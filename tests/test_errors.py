@@ -65,8 +65,11 @@ def test_existing_run_is_not_overwritten(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(b"precious")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text("the original run's config")
     proc = run_cli(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     check_refused(proc, "already holds a run", "trainer.resume=")
+    assert proc.returncode == 2
     assert (run_dir / "checkpoint.pt").read_bytes() == b"precious"
-    # Hydra itself records the refused invocation in .hydra/; no run output was written
-    assert not any(run_dir.glob("events*")) and not (run_dir / "buffer.pt").exists()
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == "the original run's config"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "checkpoint.pt"]

@@ -12,7 +12,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents import DDPG
-from rl.config import (BufferConfig, Config, EnvConfig, LoggerConfig, TrainerConfig)
+from dataclasses import replace
+
+from rl.config import (BufferConfig, Config, ConfigError, EnvConfig, LoggerConfig, TrainerConfig)
 from agents.ddpg import DDPGConfig
 from rl.train import run
 from tests.conftest import ROOT, TINY, run_cli
@@ -133,3 +135,28 @@ def test_noneditable_install_runs_from_any_directory(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import rl, conf; print(rl.__file__, conf.__file__)"],
                            cwd=elsewhere, env={**os.environ, **env}, capture_output=True, text=True)
     assert where.stdout.startswith(str(target))
+
+
+def test_cli_resume_continues_in_the_run_dir(tmp_path):
+    first = run_cli(*TINY, "trainer.total_steps=250", "hydra.run.dir=run", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    proc = run_cli(*TINY, "trainer.total_steps=400", "trainer.resume=run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming run at step 250" in proc.stderr and "done: step=400" in proc.stdout
+    assert DDPG.load(tmp_path / "run").num_updates == 400 - 200 + 1  # one update per step from step 200 on
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.yaml"))
+
+
+def test_overlap_runs_the_same_number_of_updates(tmp_path):
+    plain = run(tiny_config(total_steps=500), run_dir=tmp_path / "plain")
+    overlapped = run(tiny_config(total_steps=500, overlap=True), run_dir=tmp_path / "overlap")
+    assert plain["step"] == overlapped["step"] == 500
+    assert DDPG.load(tmp_path / "plain").num_updates == DDPG.load(tmp_path / "overlap").num_updates == 301
+
+
+def test_overlap_refused_for_on_policy_agents():
+    from agents.qac import A2CConfig
+
+    cfg = replace(tiny_config(overlap=True), agent=A2CConfig(), env=EnvConfig(name="cartpole", id="CartPole-v1"))
+    with pytest.raises(ConfigError, match="trainer.overlap=true needs an off-policy agent"):
+        run(cfg)

@@ -1,0 +1,131 @@
+"""The GPU hot path: CUDA-graph updates equal eager ones, graph sampling follows the buffer, and nothing in
+collect → store → update synchronizes with the host. Run on a CUDA machine: ``python -m pytest -m gpu``."""
+
+import copy
+
+import gymnasium as gym
+import pytest
+import torch
+
+from agents.ddpg import DDPG, DDPGConfig
+from agents.qac import A2C, A2CConfig
+from rl.buffers import ReplayBuffer, RolloutBuffer
+from rl.collector import TorchEnvCollector, transition_spec
+from envs.torch_envs import make_torch_env
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+CUDA = torch.device("cuda")
+OBS = gym.spaces.Box(-1, 1, (17,))
+ACT = gym.spaces.Box(-1, 1, (6,))
+
+
+def replay_batches(n: int, batch: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [{"obs": torch.randn(batch, 17, generator=g), "action": torch.rand(batch, 6, generator=g) * 2 - 1,
+             "reward": torch.randn(batch, generator=g), "next_obs": torch.randn(batch, 17, generator=g),
+             "terminated": torch.rand(batch, generator=g) < 0.1, "truncated": torch.rand(batch, generator=g) < 0.1}
+            for _ in range(n)]
+
+
+def to_cuda(batch: dict) -> dict:
+    return {k: v.to(CUDA) for k, v in batch.items()}
+
+
+def params(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in module.state_dict().values() if p.is_floating_point()])
+
+
+@pytest.mark.parametrize("delay", [1, 2])
+def test_graphed_ddpg_update_equals_eager(delay):
+    # TD3's twin critics and delayed actor (two graphs: with and without the actor step); no target noise, so
+    # the two runs see identical inputs and must agree to float32 rounding.
+    cfg = DDPGConfig(twin_critics=True, policy_delay=delay)
+    torch.manual_seed(0)
+    eager = DDPG(OBS, ACT, cfg, CUDA)
+    graphed = copy.deepcopy(eager)
+    assert graphed.use_cuda_graphs()
+    for i, batch in enumerate(replay_batches(24, 256)):
+        a, b = eager.update(to_cuda(batch)), graphed.update(to_cuda(batch))
+        assert set(a) == set(b), i
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=f"update {i}: {k}")
+    assert graphed._graphed_update.graphs  # it really replayed graphs
+    assert eager.num_updates == graphed.num_updates == 24
+    torch.testing.assert_close(params(graphed), params(eager), rtol=1e-5, atol=1e-5)
+
+
+def test_graphed_a2c_update_equals_eager():
+    torch.manual_seed(0)
+    eager = A2C(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), A2CConfig(), CUDA)
+    graphed = copy.deepcopy(eager)
+    assert graphed.use_cuda_graphs()
+    g = torch.Generator().manual_seed(1)
+    for i in range(12):
+        T, N = 5, 64
+        batch = {"obs": torch.randn(T, N, 4, generator=g), "action": torch.randint(0, 2, (T, N), generator=g),
+                 "reward": torch.ones(T, N), "next_obs": torch.randn(T, N, 4, generator=g),
+                 "terminated": torch.rand(T, N, generator=g) < 0.05, "truncated": torch.rand(T, N, generator=g) < 0.02}
+        a, b = eager.update(to_cuda(batch)), graphed.update(to_cuda(batch))
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=f"update {i}: {k}")
+    torch.testing.assert_close(params(graphed), params(eager), rtol=1e-5, atol=1e-5)
+
+
+def test_graphed_sampling_follows_the_growing_buffer():
+    buf = ReplayBuffer(1000, {"x": ((), torch.float32)}, CUDA)
+    assert buf.use_cuda_graphs()
+    buf.add({"x": torch.tensor([7.0])})
+    for _ in range(5):  # warm-up calls, capture, replay
+        assert buf.sample(64)["x"].unique().tolist() == [7.0]
+    buf.add({"x": torch.arange(100, dtype=torch.float32)})  # the captured graph must see the new size
+    drawn = torch.cat([buf.sample(512)["x"] for _ in range(20)])
+    assert buf._graphed_sample.graphs and drawn.unique().numel() > 90 and (drawn <= 99).all()
+
+
+def test_collect_store_update_make_no_host_sync():
+    # DDPG on GPU-batched Pendulum with graphs: a whole iteration runs with CUDA's sync debug mode set to error.
+    env = make_torch_env("Pendulum-v1", 256, CUDA)
+    agent = DDPG(env.single_observation_space, env.single_action_space, DDPGConfig(hidden_sizes=[64, 64]), CUDA)
+    agent.use_cuda_graphs()
+    storage = ReplayBuffer(10_000, transition_spec(env.single_observation_space, env.single_action_space), CUDA)
+    storage.use_cuda_graphs()
+    collector = TorchEnvCollector(env, seed=0)
+    collector.collect(agent, storage, True)
+    for _ in range(6):  # past warm-up and capture, which may synchronize once
+        collector.collect(agent, storage, False)
+        agent.update(storage.sample(128))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            collector.collect(agent, storage, False)
+            agent.update(storage.sample(128))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert collector.pop_logs() is not None
+
+
+def test_rollout_update_on_gpu_env_makes_no_host_sync():
+    env = make_torch_env("CartPole-v1", 512, CUDA)
+    agent = A2C(env.single_observation_space, env.single_action_space, A2CConfig(), CUDA)
+    agent.use_cuda_graphs()
+    storage = RolloutBuffer(5, 512, transition_spec(env.single_observation_space, env.single_action_space), CUDA)
+    collector = TorchEnvCollector(env, seed=0)
+
+    def iteration():
+        for _ in range(5):
+            collector.collect(agent, storage, False)
+        for batch in storage.batches():
+            agent.update(batch)
+
+    for _ in range(5):
+        iteration()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        iteration()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -1,0 +1,33 @@
+"""The benchmark and profiling scripts run end to end (tiny settings, CPU): what the GPU runs rely on."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+TINY = ["agent=ddpg", "env=pendulum", "trainer.total_steps=400", "trainer.learning_starts=200",
+        "trainer.eval_episodes=1", "agent.hidden_sizes=[16,16]", "buffer.capacity=1000", "device=cpu"]
+
+
+def script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_prints_every_variant_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = script("scripts/bench.py", *TINY, "--variant", "a", "--variant", "b", "trainer.utd_ratio=0.5",
+                  "--no-sb3", "--seeds", "0", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("seed 0  a ") == 1 and proc.stdout.count("seed 1  b ") == 1
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["seed"], r["variant"]) for r in rows] == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+    assert all(r["timed_steps"] == 200 and r["sps"] > 0 for r in rows)
+
+
+def test_profile_reports_the_parts_of_the_loop():
+    proc = script("scripts/profile_run.py", *TINY, "--steps", "100")
+    assert proc.returncode == 0, proc.stderr
+    assert "per iteration: wall" in proc.stdout
+    for part in ("explore", "env.step", "storage.add", "agent.update"):
+        assert f"host in {part}" in proc.stdout

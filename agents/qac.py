@@ -56,6 +56,7 @@ class ActorCriticConfig(AgentConfig):
 @dataclass
 class A2CConfig(ActorCriticConfig):
     name: str = "a2c"
+    normalize_advantage: bool = False  # standardize δ over each batch in the actor's step
 
 
 @dataclass
@@ -96,10 +97,17 @@ def nstep_returns(rewards: Tensor, next_values: Tensor, terminated: Tensor, trun
     return out
 
 
-def a2c_loss(logp: Tensor, entropy: Tensor, values: Tensor, targets: Tensor, ent_coef: float) -> tuple[Tensor, dict]:
-    """δ = G − v(s);  actor −δ·ln π(a|s);  critic ½δ²;  minus the entropy bonus."""
+def a2c_loss(logp: Tensor, entropy: Tensor, values: Tensor, targets: Tensor, ent_coef: float,
+             normalize_advantage: bool = False) -> tuple[Tensor, dict]:
+    """δ = G − v(s);  actor −δ·ln π(a|s);  critic ½δ²;  minus the entropy bonus.
+
+    ``normalize_advantage``: the actor weighs ``(δ − mean δ) / (std δ + 1e-8)`` over the batch instead of δ (a
+    per-batch rescaling of the step; useful with the very large batches of thousands of GPU envs)."""
     delta = targets - values
-    actor = -(delta.detach() * logp).mean()
+    adv = delta.detach()
+    if normalize_advantage:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    actor = -(adv * logp).mean()
     critic = 0.5 * delta.pow(2).mean()
     ent = entropy.mean()
     return actor + critic - ent_coef * ent, {"actor": actor.detach(), "critic": critic.detach(), "entropy": ent.detach()}
@@ -204,7 +212,7 @@ class A2C(ActorCritic):
         targets = nstep_returns(batch["reward"], next_v, batch["terminated"], batch["truncated"], self.cfg.gamma)
         dist = self.policy(x)
         loss, metrics = a2c_loss(dist.log_prob(batch["action"].flatten(0, 1)), dist.entropy(), self.critic(x),
-                                 targets.flatten(), self.cfg.ent_coef)
+                                 targets.flatten(), self.cfg.ent_coef, self.cfg.normalize_advantage)
         self.step(loss)
         return metrics
 

@@ -75,17 +75,18 @@ class VectorEnvCollector:
         if during is not None:
             during(self.n)
         next_obs, reward, terminated, truncated, info = self.envs.step(host_action)
-        final_next = next_obs
+        next_t = self._tensor(next_obs)  # the next policy input, and (unless an episode ended) the stored s'
+        stored_next = next_t
         if "_final_obs" in info and info["_final_obs"].any():
             final_next = next_obs.copy()
             for i in np.flatnonzero(info["_final_obs"]):
                 final_next[i] = info["final_obs"][i]
-        storage.add({
-            "obs": self.obs, "action": action, "reward": torch.as_tensor(reward, dtype=torch.float32),
-            "next_obs": self._tensor(final_next), "terminated": torch.as_tensor(terminated),
-            "truncated": torch.as_tensor(truncated), **extras,
-        })
-        self.obs = self._tensor(next_obs)
+            stored_next = self._tensor(final_next)
+        # reward, terminated, truncated in one host→device copy; the buffer casts the flags back to bool
+        scalars = torch.as_tensor(np.stack([reward, terminated, truncated]), dtype=torch.float32).to(self.device)
+        storage.add({"obs": self.obs, "action": action, "reward": scalars[0], "next_obs": stored_next,
+                     "terminated": scalars[1], "truncated": scalars[2], **extras})
+        self.obs = next_t
         self.ep_return += reward
         self.ep_length += 1
         finished = []

@@ -76,7 +76,7 @@ def ours(cfg: Config) -> dict:
     return out
 
 
-def sb3(cfg: Config, steps: int, num_envs: int, seed: int) -> dict | None:
+def sb3(cfg: Config, steps: int, num_envs: int, seed: int, learning_starts: int | None = None) -> dict | None:
     """SB3's version of ``cfg`` (DDPG/TD3 or A2C) on the gymnasium env, timed the same way."""
     try:
         import stable_baselines3 as sb
@@ -86,12 +86,13 @@ def sb3(cfg: Config, steps: int, num_envs: int, seed: int) -> dict | None:
     except ImportError:
         return None
     a, tc = cfg.agent, cfg.trainer
+    warm_steps = tc.learning_starts if learning_starts is None else learning_starts
     env = make_vec_env(cfg.env.id, n_envs=num_envs, seed=seed)
     device = str(resolve_device(cfg.device))
     if a.name in ("ddpg", "td3"):
         n = env.action_space.shape[0]
         half = (env.action_space.high - env.action_space.low) / 2
-        kw = dict(learning_rate=a.actor_lr, buffer_size=max(steps, 1000), learning_starts=tc.learning_starts,
+        kw = dict(learning_rate=a.actor_lr, buffer_size=max(steps, 1000), learning_starts=warm_steps,
                   batch_size=tc.batch_size, tau=a.tau, gamma=a.gamma, train_freq=1,
                   gradient_steps=max(1, round(tc.utd_ratio * num_envs)),
                   action_noise=NormalActionNoise(np.zeros(n), a.exploration_noise * half),
@@ -100,7 +101,7 @@ def sb3(cfg: Config, steps: int, num_envs: int, seed: int) -> dict | None:
             kw.update(policy_delay=a.policy_delay, target_policy_noise=a.target_policy_noise,
                       target_noise_clip=a.target_noise_clip)
         model = (sb.TD3 if a.name == "td3" else sb.DDPG)("MlpPolicy", env, **kw)
-        warm = tc.learning_starts
+        warm = warm_steps
     elif a.name == "a2c":
         model = sb.A2C("MlpPolicy", env, n_steps=a.n_steps, gamma=a.gamma, ent_coef=a.ent_coef,
                        max_grad_norm=a.max_grad_norm or 1e9, learning_rate=a.actor_lr,
@@ -134,6 +135,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--sb3-steps", type=int, default=0, help="SB3's total steps (default: ours)")
     p.add_argument("--sb3-num-envs", type=int, default=0, help="SB3's envs (default: ours)")
+    p.add_argument("--sb3-learning-starts", type=int, default=None, help="SB3's random warm-up (default: ours)")
     p.add_argument("--no-sb3", action="store_true")
     p.add_argument("--json", default=None, help="write every result here (default: $OUT/bench_<agent>_<env>.json "
                                                  "when $OUT is set)")
@@ -151,7 +153,8 @@ def main() -> None:
     for seed in args.seeds:
         b = None
         if not args.no_sb3:  # the baseline first: its figure survives a time-out of ours
-            b = sb3(base, args.sb3_steps or base.trainer.total_steps, args.sb3_num_envs or base.env.num_envs, seed)
+            b = sb3(base, args.sb3_steps or base.trainer.total_steps, args.sb3_num_envs or base.env.num_envs, seed,
+                    args.sb3_learning_starts)
             print(f"seed {seed}  {'SB3':<10}" + (fmt(b) if b else " not installed (pip install stable-baselines3)"),
                   flush=True)
             rows.append({"seed": seed, "variant": "sb3", **(b or {})})

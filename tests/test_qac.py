@@ -44,6 +44,17 @@ def test_a2c_loss_gradients_are_the_td_actor_critic_update():
     assert m["critic"].item() == pytest.approx(0.5 * 1.5**2)
 
 
+def test_a2c_normalized_advantage_hand_computed():
+    logp = T(-1.0, -2.0).requires_grad_()
+    v = T(0.0, 0.0).requires_grad_()
+    loss, m = a2c_loss(logp, torch.zeros(2), v, T(1.0, 3.0), ent_coef=0.0, normalize_advantage=True)
+    loss.backward()
+    # δ = (1, 3): mean 2, std (n−1) √2 → adv = (−1/√2, 1/√2); actor = −mean(adv · ln π) = −(1/√2 − 2/√2)/2
+    assert m["actor"].item() == pytest.approx(1 / (2 * 2**0.5), rel=1e-6)
+    assert logp.grad.tolist() == pytest.approx([0.5 / 2**0.5, -0.5 / 2**0.5], rel=1e-6)
+    assert v.grad.tolist() == pytest.approx([-0.5, -1.5])  # the critic still regresses on the raw δ
+
+
 def test_a2c_entropy_bonus_pushes_towards_uniform():
     z = T(1.0, 0.0).view(1, 2).requires_grad_()
     dist = torch.distributions.Categorical(logits=z)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/benchmarks.md, one section per argument (run from the repository root on a CUDA machine
+# with `pip install ".[mujoco,bench]"` done; each section prints a table and, when $OUT is set, writes JSON there).
+#
+#   bash scripts/bench_gpu.sh tests halfcheetah        # pytest -m gpu; DDPG HalfCheetah-v5 vs SB3
+#   bash scripts/bench_gpu.sh pendulum cartpole profiles
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 MUJOCO_GL=egl
+PY=${PYTHON:-python3}
+
+# DDPG, 1 env, 1 update per env step, 256x256 MLPs, batch 256, lr 3e-4 (the issue's settings).
+HC=(agent=ddpg env=halfcheetah trainer.learning_starts=10000 agent.actor_lr=3e-4 agent.critic_lr=3e-4 device=cuda
+    trainer.eval_episodes=5)
+
+for section in "$@"; do
+  echo "=== $section ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+  case "$section" in
+    tests)
+      $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_torch_envs.py ;;
+    halfcheetah)  # eager vs CUDA graphs at equal steps (30k), then 100k steps with graphs and with graphs + overlap
+      $PY scripts/bench.py "${HC[@]}" trainer.total_steps=30000 --sb3-steps 15000 --seeds 0 \
+        --variant eager trainer.compile=false --variant graphs trainer.compile=true ;
+      $PY scripts/bench.py "${HC[@]}" trainer.total_steps=100000 --no-sb3 --seeds 0 \
+        --variant graphs trainer.compile=true --variant overlap trainer.compile=true trainer.overlap=true ;;
+    pendulum)  # DDPG on 4096 GPU pendulums (wall time includes start-up and the final evaluation)
+      $PY scripts/bench.py +experiment=ddpg_pendulum_gpu device=cuda --sb3-num-envs 1 --sb3-steps 4000 \
+        --sb3-learning-starts 1000 --seeds 0 1 ;;
+    cartpole)  # A2C on 4096 GPU cartpoles
+      $PY scripts/bench.py +experiment=a2c_cartpole_gpu device=cuda --sb3-num-envs 8 --sb3-steps 50000 --seeds 0 1 ;;
+    profiles)
+      $PY scripts/profile_run.py "${HC[@]}" trainer.compile=true --steps 3000 ;
+      $PY scripts/profile_run.py "${HC[@]}" trainer.compile=false --steps 1000 ;
+      $PY scripts/profile_run.py +experiment=ddpg_pendulum_gpu device=cuda --steps 2000000 ;
+      $PY scripts/profile_run.py +experiment=a2c_cartpole_gpu device=cuda --steps 4000000 ;;
+    *) echo "unknown section $section (tests halfcheetah pendulum cartpole profiles)"; exit 2 ;;
+  esac
+done

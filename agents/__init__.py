@@ -7,9 +7,10 @@
 
 from agents.base import Agent, build_agent
 from agents.ddpg import DDPG, DDPGConfig
+from agents.kimi import Kimi, KimiConfig
 from agents.tabular import MC, SARSA, TD, ExpectedSARSA, NStepSARSA, QLearning, TabularConfig
 from agents.qac import A2C, QAC, A2CConfig, OffPAC, OffPACConfig, QACConfig
 
-__all__ = ["A2C", "A2CConfig", "Agent", "DDPG", "DDPGConfig", "OffPAC", "OffPACConfig", "QAC", "QACConfig",
+__all__ = ["A2C", "A2CConfig", "Agent", "DDPG", "DDPGConfig", "Kimi", "KimiConfig", "OffPAC", "OffPACConfig", "QAC", "QACConfig",
            "build_agent"]
 __all__ += ["ExpectedSARSA", "MC", "NStepSARSA", "QLearning", "SARSA", "TD", "TabularConfig"]

@@ -101,6 +101,9 @@ class Agent(nn.Module, metaclass=ABCMeta):
         no host-side state, no host sync — so that the trainer can capture it in a CUDA graph (one per phase)."""
         raise NotImplementedError(f"{type(self).__name__} defines update() itself")
 
+    def set_progress(self, fraction: float) -> None:
+        """Called by the trainer every iteration with the fraction of the run done (for step-size schedules)."""
+
     def phase(self) -> int:
         """Which variant of :meth:`update_step` the next update runs (e.g. TD3: with or without the actor step)."""
         return 0

@@ -40,6 +40,7 @@ class ActorCriticConfig(AgentConfig):
     ent_coef: float = 0.0  # entropy bonus
     max_grad_norm: float = 0.5  # 0: no clipping
     optimizer: str = "adam"  # adam | sgd | rmsprop
+    lr_schedule: str = "constant"  # constant | linear: both step sizes decay linearly to 0 over the run (adam)
 
     def __post_init__(self) -> None:
         positive("agent.actor_lr", self.actor_lr)
@@ -50,6 +51,10 @@ class ActorCriticConfig(AgentConfig):
         non_negative("agent.max_grad_norm", self.max_grad_norm)
         check(self.optimizer in ("adam", "sgd", "rmsprop"),
               f"agent.optimizer must be adam, sgd or rmsprop, got {self.optimizer!r}")
+        check(self.lr_schedule in ("constant", "linear"),
+              f"agent.lr_schedule must be constant or linear, got {self.lr_schedule!r}")
+        check(self.lr_schedule == "constant" or self.optimizer == "adam",
+              "agent.lr_schedule=linear is implemented for agent.optimizer=adam")
         check(all(h > 0 for h in self.hidden_sizes), f"agent.hidden_sizes must be positive, got {self.hidden_sizes}")
 
 
@@ -155,8 +160,12 @@ class ActorCritic(Agent):
             raise ConfigError(f"{type(self).__name__} needs a Discrete or 1-d Box action space, got {action_space}")
         self.critic = q if self.critic_kind == "q" else ValueCritic(d, h)
         self.to(self.device)
-        groups = [{"params": self.policy.parameters(), "lr": cfg.actor_lr},
-                  {"params": self.critic.parameters(), "lr": cfg.critic_lr}]
+        self.base_lrs = (cfg.actor_lr, cfg.critic_lr)
+        # on CUDA, Adam's step sizes are device tensors: a schedule changes them under a replayed CUDA graph
+        lr = (lambda x: torch.tensor(x, device=self.device)) if cfg.optimizer == "adam" and self.device.type == "cuda" \
+            else float
+        groups = [{"params": self.policy.parameters(), "lr": lr(cfg.actor_lr)},
+                  {"params": self.critic.parameters(), "lr": lr(cfg.critic_lr)}]
         if cfg.optimizer == "adam":
             self.opt = adam(groups, cfg.actor_lr, self.device)
         elif cfg.optimizer == "sgd":
@@ -166,6 +175,16 @@ class ActorCritic(Agent):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt}
+
+    def set_progress(self, fraction: float) -> None:
+        """``lr_schedule=linear``: α = α_0 (1 − fraction of the run done)."""
+        if self.cfg.lr_schedule == "linear":
+            for group, base in zip(self.opt.param_groups, self.base_lrs):
+                value = base * max(1.0 - fraction, 0.0)
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(value)
+                else:
+                    group["lr"] = value
 
     def dist(self, obs: Tensor) -> torch.distributions.Distribution:
         return self.policy(self.features(obs))

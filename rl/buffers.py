@@ -61,12 +61,14 @@ class ReplayBuffer:
         n = next(iter(step.values())).shape[0]
         if n > self.capacity:
             raise ValueError(f"cannot add {n} transitions to a buffer of capacity {self.capacity}")
-        first = min(n, self.capacity - self.pos)  # rows before the ring wraps: plain slice copies, no index kernels
-        for k, v in step.items():
-            v = v.reshape(n, *self.spec[k][0])
-            self.data[k][self.pos:self.pos + first].copy_(v[:first], non_blocking=True)
-            if first < n:
-                self.data[k][:n - first].copy_(v[first:], non_blocking=True)
+        first = min(n, self.capacity - self.pos)  # rows before the ring wraps: slice copies, no index kernels
+        keys = list(step)
+        src = [step[k].reshape(n, *self.spec[k][0]) for k in keys]
+        torch._foreach_copy_([self.data[k][self.pos:self.pos + first] for k in keys], [v[:first] for v in src],
+                             non_blocking=True)  # one launch for every key when all sit on the buffer's device
+        if first < n:
+            torch._foreach_copy_([self.data[k][:n - first] for k in keys], [v[first:] for v in src],
+                                 non_blocking=True)
         self.pos = (self.pos + n) % self.capacity
         if self.size < self.capacity:
             self.size = min(self.size + n, self.capacity)
@@ -159,8 +161,9 @@ class RolloutBuffer:
         _check_keys(self.spec, step)
         if self.full:
             raise RuntimeError("rollout buffer is full: consume it with batches() first")
-        for k, v in step.items():
-            self.data[k][self.t] = v.to(self.device, self.data[k].dtype).reshape(self.num_envs, *self.spec[k][0])
+        keys = list(step)
+        torch._foreach_copy_([self.data[k][self.t] for k in keys],
+                             [step[k].reshape(self.num_envs, *self.spec[k][0]) for k in keys], non_blocking=True)
         self.t += 1
 
     def batches(self, num_updates: int = 1, batch_size: int = 0) -> Iterator[dict[str, Tensor]]:

@@ -62,6 +62,22 @@ class VectorEnvCollector:
     def _tensor(self, x: np.ndarray) -> Tensor:
         return torch.as_tensor(x, device=self.device, dtype=self.obs_dtype)
 
+    def _upload(self, next_obs: np.ndarray, final_next: np.ndarray, *scalars: np.ndarray
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """(next obs, stored s', [3, n] reward/terminated/truncated) on the device. Float observations travel
+        with the scalars in one host→device copy (each copy is a round trip through the driver)."""
+        n = self.n
+        if self.obs_dtype != torch.float32:
+            return (self._tensor(next_obs), self._tensor(final_next),
+                    torch.as_tensor(np.stack(scalars), dtype=torch.float32).to(self.device))
+        parts = [next_obs.reshape(n, -1)] + ([final_next.reshape(n, -1)] if final_next is not next_obs else [])
+        packed = np.concatenate(parts + [np.stack(scalars, 1)], axis=1, dtype=np.float32)
+        dev = torch.from_numpy(packed).to(self.device)
+        d, shape = parts[0].shape[1], next_obs.shape[1:]
+        next_t = dev[:, :d].view(n, *shape)
+        stored = dev[:, d:2 * d].view(n, *shape) if len(parts) == 2 else next_t
+        return next_t, stored, dev[:, -3:].T
+
     def collect(self, agent: Any, storage: Any, random_actions: bool,
                 during: Callable[[int], None] | None = None) -> tuple[int, list[Episode]]:
         """One step of every env. ``during(n)``, if given, runs once the actions are known and before the envs
@@ -75,17 +91,14 @@ class VectorEnvCollector:
         if during is not None:
             during(self.n)
         next_obs, reward, terminated, truncated, info = self.envs.step(host_action)
-        next_t = self._tensor(next_obs)  # the next policy input, and (unless an episode ended) the stored s'
-        stored_next = next_t
+        final_next = next_obs  # the stored s': the true last observation where an episode just ended
         if "_final_obs" in info and info["_final_obs"].any():
             final_next = next_obs.copy()
             for i in np.flatnonzero(info["_final_obs"]):
                 final_next[i] = info["final_obs"][i]
-            stored_next = self._tensor(final_next)
-        # reward, terminated, truncated in one host→device copy; the buffer casts the flags back to bool
-        scalars = torch.as_tensor(np.stack([reward, terminated, truncated]), dtype=torch.float32).to(self.device)
+        next_t, stored_next, scalars = self._upload(next_obs, final_next, reward, terminated, truncated)
         storage.add({"obs": self.obs, "action": action, "reward": scalars[0], "next_obs": stored_next,
-                     "terminated": scalars[1], "truncated": scalars[2], **extras})
+                     "terminated": scalars[1], "truncated": scalars[2], **extras})  # the buffer casts flags to bool
         self.obs = next_t
         self.ep_return += reward
         self.ep_length += 1
@@ -120,19 +133,53 @@ def uniform_actions(space: gym.Space, n: int, generator: torch.Generator) -> Ten
     return low + (high - low) * torch.rand((n, *low.shape), generator=generator, device=device)
 
 
+def step_in_place(env: Any, action: Tensor) -> tuple[Tensor, ...]:
+    """``env.step(action)``, then every tensor attribute the step replaced (state, step counts, …) is copied back
+    into the tensor it replaced: the env keeps reading and writing the same memory, as a CUDA graph needs."""
+    before = {k: v for k, v in vars(env).items() if isinstance(v, Tensor)}
+    out = env.step(action)
+    for k, old in before.items():
+        new = getattr(env, k)
+        if new is not old:
+            old.copy_(new)
+            setattr(env, k, old)
+    return out
+
+
 class TorchEnvCollector:
     """Steps a batched torch env (:mod:`envs.torch_envs`) that lives on the run's device: observations, actions,
     rewards and episode statistics never leave it. Finished-episode statistics are summed on the device and
-    read once per log (:meth:`pop_logs`), so collecting makes no host sync at all."""
+    read once per log (:meth:`pop_logs`), so collecting makes no host sync at all. With
+    :meth:`use_cuda_graphs`, the env step and the episode bookkeeping are one CUDA-graph replay."""
 
     def __init__(self, env: Any, seed: int) -> None:
         self.env, self.n, self.device = env, env.num_envs, env.device
         self.act_space = env.single_action_space
-        self.obs = env.reset(seed=seed)
+        self.obs = env.reset(seed=seed).clone()
         self.ep_return = torch.zeros(self.n, device=self.device)
         self.ep_length = torch.zeros(self.n, device=self.device)
         self.finished = torch.zeros(3, device=self.device)  # Σ return, Σ length, count of finished episodes
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        self._graphed_step: Any = None
+
+    def use_cuda_graphs(self) -> bool:
+        if self.device.type != "cuda":
+            return False
+        from rl.graphs import Graphed
+
+        self._graphed_step = Graphed(lambda _, x: self._step(x["action"]), generators=(self.env._generator,))
+        return True
+
+    def _step(self, action: Tensor) -> tuple[Tensor, ...]:
+        """The env step and the episode bookkeeping: device work only, in place."""
+        next_obs, reward, terminated, truncated, final_obs = step_in_place(self.env, action)
+        self.ep_return += reward
+        self.ep_length += 1
+        done = (terminated | truncated).float()
+        self.finished += torch.stack([(self.ep_return * done).sum(), (self.ep_length * done).sum(), done.sum()])
+        self.ep_return *= 1 - done
+        self.ep_length *= 1 - done
+        return next_obs, reward, terminated, truncated, final_obs
 
     @torch.no_grad()
     def collect(self, agent: Any, storage: Any, random_actions: bool,
@@ -143,16 +190,12 @@ class TorchEnvCollector:
             action, extras = agent.explore(self.obs)
         if during is not None:
             during(self.n)
-        next_obs, reward, terminated, truncated, final_obs = self.env.step(action)
+        step = self._graphed_step
+        next_obs, reward, terminated, truncated, final_obs = (
+            step(0, {"action": action}) if step is not None else self._step(action))
         storage.add({"obs": self.obs, "action": action, "reward": reward, "next_obs": final_obs,
                      "terminated": terminated, "truncated": truncated, **extras})
-        self.obs = next_obs
-        self.ep_return += reward
-        self.ep_length += 1
-        done = (terminated | truncated).float()
-        self.finished += torch.stack([(self.ep_return * done).sum(), (self.ep_length * done).sum(), done.sum()])
-        self.ep_return *= 1 - done
-        self.ep_length *= 1 - done
+        self.obs.copy_(next_obs)  # in place: the acting graph reads this very tensor
         return self.n, []
 
     def pop_logs(self) -> tuple[dict[str, float], dict[str, str]]:
@@ -169,7 +212,7 @@ class TorchEnvCollector:
     def load_state_dict(self, state: dict) -> None:
         self.env.load_state_dict(state["env"])
         for k in ("obs", "ep_return", "ep_length", "finished"):
-            setattr(self, k, state[k].to(self.device))
+            getattr(self, k).copy_(state[k])
         self.rng.set_state(state["rng"].cpu())
 
     def close(self) -> None:

@@ -34,8 +34,9 @@ class Graphed:
     read (or clone) them before the next call.
     """
 
-    def __init__(self, fn: Callable[[Hashable, dict[str, Tensor]], Outputs], warmup: int = 3) -> None:
-        self.fn, self.warmup = fn, warmup
+    def __init__(self, fn: Callable[[Hashable, dict[str, Tensor]], Outputs], warmup: int = 3,
+                 generators: tuple[torch.Generator, ...] = ()) -> None:
+        self.fn, self.warmup, self.generators = fn, warmup, generators  # generators: non-default ones fn draws from
         self.graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, dict[str, Tensor], Outputs]] = {}
         self.eager_calls: dict[Hashable, int] = {}
         self.failed: set[Hashable] = set()
@@ -67,6 +68,8 @@ class Graphed:
         static = dict(inputs)  # kept alive here: later calls copy their inputs into these very tensors
         graph = torch.cuda.CUDAGraph()
         try:
+            for generator in self.generators:  # so that each replay advances them, as an eager call would
+                graph.register_generator_state(generator)
             with torch.cuda.graph(graph, pool=self.pool):
                 out = self.fn(key, static)
         except Exception as e:  # noqa: BLE001 — any capture failure: fall back to eager for this key

@@ -22,16 +22,20 @@ class MetricAccumulator:
         self.counts: dict[str, int] = {}
 
     def add(self, metrics: Mapping[str, Tensor]) -> None:
-        for k, v in metrics.items():
-            v = v.detach()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
-            self.counts[k] = self.counts.get(k, 0) + 1
+        new = [k for k in metrics if k not in self.sums]
+        for k in new:
+            self.sums[k] = torch.zeros_like(metrics[k], dtype=torch.float32)
+            self.counts[k] = 0
+        keys = list(metrics)
+        torch._foreach_add_([self.sums[k] for k in keys], [metrics[k].detach() for k in keys])  # one launch
+        for k in keys:
+            self.counts[k] += 1
 
     def means(self) -> dict[str, float]:
         if not self.sums:
             return {}
         keys = list(self.sums)
-        values = torch.stack([self.sums[k].float() / self.counts[k] for k in keys]).tolist()  # one sync
+        values = torch.stack([self.sums[k] / self.counts[k] for k in keys]).tolist()  # one sync
         self.sums.clear()
         self.counts.clear()
         return dict(zip(keys, values))

@@ -75,7 +75,8 @@ class Trainer:
         self.storage = agent.make_storage(cfg)
         if cfg.trainer.compile:
             if agent.use_cuda_graphs():
-                getattr(self.storage, "use_cuda_graphs", lambda: False)()
+                for part in (self.storage, self.collector):
+                    getattr(part, "use_cuda_graphs", lambda: False)()
             else:
                 print(f"trainer.compile: CUDA graphs need device=cuda and a graphable update; {type(agent).__name__} "
                       f"on {agent.device} runs eagerly", file=sys.stderr)
@@ -105,6 +106,7 @@ class Trainer:
         try:
             while self.step < total and self._signal is None:
                 before = self.step
+                self.agent.set_progress(self.step / total)
                 warmup = self.agent.random_warmup and self.step < tc.learning_starts
                 if tc.overlap and len(self.storage) > 0:  # updates run on the GPU while the host steps the envs
                     n, finished = self.collector.collect(self.agent, self.storage, warmup,

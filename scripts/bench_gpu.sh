@@ -6,7 +6,7 @@
 #   bash scripts/bench_gpu.sh pendulum cartpole profiles
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 MUJOCO_GL=egl
+export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 
 # DDPG, 1 env, 1 update per env step, 256x256 MLPs, batch 256, lr 3e-4 (the issue's settings).

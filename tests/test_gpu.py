@@ -129,3 +129,25 @@ def test_rollout_update_on_gpu_env_makes_no_host_sync():
         iteration()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1", "MountainCarContinuous-v0"])
+def test_graphed_env_step_equals_eager(env_id):
+    # the env step (with its resets drawn from the env's own generator) replayed from a CUDA graph follows the
+    # eager env exactly, through many autoresets
+    eager, graphed = (TorchEnvCollector(make_torch_env(env_id, 512, CUDA, max_episode_steps=40), seed=3)
+                      for _ in range(2))
+    assert graphed.use_cuda_graphs()
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    space = eager.act_space
+    for t in range(200):
+        if isinstance(space, gym.spaces.Discrete):
+            action = torch.randint(0, int(space.n), (512,), device=CUDA, generator=g)
+        else:
+            action = torch.rand(512, 1, device=CUDA, generator=g) * 4 - 2
+        a = eager._step(action)
+        b = graphed._graphed_step(0, {"action": action})
+        for x, y in zip(a, b):
+            assert torch.equal(x, y), (env_id, t)
+    assert graphed._graphed_step.graphs
+    assert torch.equal(eager.finished, graphed.finished) and eager.finished[2] > 512

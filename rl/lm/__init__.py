@@ -1,7 +1,7 @@
 """A tiny character-level policy that runs offline: tokenizer, transformer, sampling, SFT warm start."""
 
 from rl.lm.model import KVCache, TinyLM, TinyLMConfig
-from rl.lm.sampling import GenerationOutput, generate, sample_next, sequence_logprobs, token_logprobs
+from rl.lm.sampling import GenerationOutput, decode, generate, sample_next, sequence_logprobs, token_logprobs
 from rl.lm.sft import encode_prompts, evaluate, sft
 from rl.lm.tokenizer import BOS_ID, EOS_ID, PAD_ID, CharTokenizer
 
@@ -16,6 +16,7 @@ __all__ = [
     "TinyLMConfig",
     "encode_prompts",
     "evaluate",
+    "decode",
     "generate",
     "sample_next",
     "sequence_logprobs",

@@ -6,14 +6,15 @@ the prompt, the stop token included when it was hit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rl.lm.model import TinyLM
+from rl.lm.model import KVCache, TinyLM
 from rl.lm.tokenizer import EOS_ID, PAD_ID
 
 
@@ -63,28 +64,33 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_p: float = 1.0,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
-def generate(model: TinyLM, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
-             top_p: float = 1.0, stop_ids: Sequence[int] = (EOS_ID,), pad_id: int = PAD_ID,
-             generator: torch.Generator | None = None) -> GenerationOutput:
-    """Sample up to ``max_new_tokens`` after each prompt, all rows at once with the KV cache.
+# (ids [B, T], attention_mask [B, S] over cached + new positions, cache or None) -> (logits [B, T, V], cache)
+Step = Callable[[Tensor, Tensor, Any], tuple[Tensor, Any]]
 
-    Prompts of different lengths are left-padded (masked, with positions counted from each row's first real
-    token). A row ends when it emits one of ``stop_ids``; afterwards it emits ``pad_id``.
+
+@torch.no_grad()
+def decode(step: Step, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
+           top_p: float = 1.0, stop_ids: Sequence[int] = (EOS_ID,), pad_id: int = PAD_ID,
+           device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+           check_every: int = 8) -> GenerationOutput:
+    """The batched sampling loop for any model with a KV cache, reached through ``step`` (see :data:`Step`).
+
+    Prompts are left-padded (masked); the first call gets the whole prompt block and ``cache=None``, each later call
+    one new token per row with the cache it returned. A row ends when it emits one of ``stop_ids``; afterwards it
+    emits ``pad_id`` and its new positions are masked. The loop asks the device whether every row has finished only
+    every ``check_every`` tokens (each ask is a host sync).
     """
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-    device = next(model.parameters()).device
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     ids, mask = pad_left(prompt_ids, pad_id, device)
     B = ids.shape[0]
-    if ids.shape[1] + max_new_tokens > model.config.max_len:
-        raise ValueError(f"longest prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                         f"max_len={model.config.max_len}")
     stops = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    logits, cache = model(ids, attention_mask=mask, kv_cache=model.new_cache(B))
+    logits, cache = step(ids, mask, None)
     for t in range(max_new_tokens):
         tok = sample_next(logits[:, -1], temperature, top_p, generator)
         tok = tok.masked_fill(finished, pad_id)
@@ -92,11 +98,28 @@ def generate(model: TinyLM, prompt_ids: Sequence[Sequence[int]], max_new_tokens:
         lengths += ~finished
         mask = torch.cat([mask, ~finished[:, None]], dim=1)
         finished |= torch.isin(tok, stops)
-        if t + 1 == max_new_tokens or bool(finished.all()):
+        if t + 1 == max_new_tokens or ((t + 1) % check_every == 0 and bool(finished.all())):
             break
-        logits, cache = model(tok[:, None], attention_mask=mask, kv_cache=cache)
+        logits, cache = step(tok[:, None], mask, cache)
     n = int(lengths.max())
     return GenerationOutput(out[:, :n], lengths, finished)
+
+
+def generate(model: TinyLM, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, stop_ids: Sequence[int] = (EOS_ID,), pad_id: int = PAD_ID,
+             generator: torch.Generator | None = None) -> GenerationOutput:
+    """Sample up to ``max_new_tokens`` after each prompt with a :class:`TinyLM`, all rows at once with its
+    preallocated KV cache (:func:`decode`). Positions are counted from each row's first real token."""
+    width = max((len(p) for p in prompt_ids), default=0)
+    if width + max_new_tokens > model.config.max_len:
+        raise ValueError(f"longest prompt ({width}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"max_len={model.config.max_len}")
+
+    def step(ids: Tensor, mask: Tensor, cache: KVCache | None) -> tuple[Tensor, KVCache]:
+        return model(ids, attention_mask=mask, kv_cache=cache if cache is not None else model.new_cache(len(ids)))
+
+    return decode(step, prompt_ids, max_new_tokens, temperature, top_p, stop_ids, pad_id,
+                  next(model.parameters()).device, generator)
 
 
 def token_logprobs(model: TinyLM, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],

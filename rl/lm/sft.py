@@ -21,6 +21,12 @@ if TYPE_CHECKING:  # any object with train / test / reward / solution will do
     from envs.text_tasks import Problem, Task
 
 
+# SFT steps that bring the default TinyLM (d_model 128, 3 layers, batch 32, lr 2e-3) to partial competence on the
+# shipped tasks with their default arguments — about 40 % held-out greedy accuracy: RL needs a policy that
+# sometimes succeeds and often fails. Used by scripts/sft_warmstart.py and by agent=kimi's quick warm start.
+WARM_START_STEPS = {"arithmetic": 340, "countdown": 1500}
+
+
 def encode_prompts(tokenizer: CharTokenizer, problems: Sequence[Problem]) -> list[list[int]]:
     """``[bos] + encode(prompt)`` for each problem — the prompt layout every LM function here expects."""
     return [tokenizer.encode(p.prompt, add_bos=True) for p in problems]

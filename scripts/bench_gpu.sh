@@ -3,7 +3,7 @@
 # with `pip install ".[mujoco,bench]"` done; each section prints a table and, when $OUT is set, writes JSON there).
 #
 #   bash scripts/bench_gpu.sh tests halfcheetah        # pytest -m gpu; DDPG HalfCheetah-v5 vs SB3
-#   bash scripts/bench_gpu.sh pendulum cartpole profiles
+#   bash scripts/bench_gpu.sh pendulum cartpole profiles halfcheetah-eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -18,21 +18,23 @@ for section in "$@"; do
   case "$section" in
     tests)
       $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_torch_envs.py ;;
-    halfcheetah)  # eager vs CUDA graphs at equal steps (30k), then 100k steps with graphs and with graphs + overlap
-      $PY scripts/bench.py "${HC[@]}" trainer.total_steps=30000 --sb3-steps 15000 --seeds 0 \
-        --variant eager trainer.compile=false --variant graphs trainer.compile=true ;
-      $PY scripts/bench.py "${HC[@]}" trainer.total_steps=100000 --no-sb3 --seeds 0 \
-        --variant graphs trainer.compile=true --variant overlap trainer.compile=true trainer.overlap=true ;;
-    pendulum)  # DDPG on 4096 GPU pendulums (wall time includes start-up and the final evaluation)
+    halfcheetah)  # SB3 beside ours with CUDA graphs (30k steps), and 100k steps with graphs + overlapped updates
+      $PY scripts/bench.py "${HC[@]}" trainer.total_steps=100000 --sb3-steps 12000 --seeds 0 \
+        --variant graphs trainer.compile=true trainer.total_steps=30000 \
+        --variant overlap trainer.compile=true trainer.overlap=true ;;
+    halfcheetah-eager)  # eager vs CUDA graphs at equal steps
+      $PY scripts/bench.py "${HC[@]}" trainer.total_steps=30000 --no-sb3 --seeds 0 \
+        --variant eager trainer.compile=false --variant graphs trainer.compile=true ;;
+    pendulum)  # DDPG on 4096 GPU pendulums (wall_s: from building the agent to the end of the final evaluation)
       $PY scripts/bench.py +experiment=ddpg_pendulum_gpu device=cuda --sb3-num-envs 1 --sb3-steps 4000 \
         --sb3-learning-starts 1000 --seeds 0 1 ;;
     cartpole)  # A2C on 4096 GPU cartpoles
-      $PY scripts/bench.py +experiment=a2c_cartpole_gpu device=cuda --sb3-num-envs 8 --sb3-steps 50000 --seeds 0 1 ;;
+      $PY scripts/bench.py +experiment=a2c_cartpole_gpu device=cuda --sb3-num-envs 8 --sb3-steps 40000 --seeds 0 1 2 ;;
     profiles)
-      $PY scripts/profile_run.py "${HC[@]}" trainer.compile=true --steps 3000 ;
-      $PY scripts/profile_run.py "${HC[@]}" trainer.compile=false --steps 1000 ;
-      $PY scripts/profile_run.py +experiment=ddpg_pendulum_gpu device=cuda --steps 2000000 ;
-      $PY scripts/profile_run.py +experiment=a2c_cartpole_gpu device=cuda --steps 4000000 ;;
-    *) echo "unknown section $section (tests halfcheetah pendulum cartpole profiles)"; exit 2 ;;
+      $PY scripts/profile_run.py "${HC[@]}" trainer.learning_starts=2000 trainer.compile=true trainer.overlap=true \
+        --steps 3000 ;
+      $PY scripts/profile_run.py +experiment=ddpg_pendulum_gpu device=cuda --steps 4000000 --kernels ;
+      $PY scripts/profile_run.py +experiment=a2c_cartpole_gpu device=cuda --steps 8000000 --kernels ;;
+    *) echo "unknown section $section (tests halfcheetah halfcheetah-eager pendulum cartpole profiles)"; exit 2 ;;
   esac
 done

@@ -63,6 +63,7 @@ class KimiConfig(AgentConfig):
     policy: str = "tiny"  # tiny | hf
     model_path: Optional[str] = None
     dtype: str = "float32"  # hf weights: float32 | bfloat16 | float16
+    chars: Optional[str] = None  # a fresh TinyLM's alphabet (None: rl.lm.tokenizer.DEFAULT_CHARS, the shipped tasks')
     d_model: int = 128  # built-in TinyLM sizes (when model_path is None)
     n_layers: int = 3
     n_heads: int = 4
@@ -394,8 +395,11 @@ def load_policy(cfg: KimiConfig, device: torch.device) -> tuple[TinyPolicy | HFP
     """(policy, warm): ``warm`` is False for a fresh TinyLM that still needs its SFT warm start."""
     if cfg.policy == "hf":
         return HFPolicy(str(cfg.model_path), cfg.dtype, device), True
-    tokenizer = CharTokenizer()
     if cfg.model_path is None:
+        try:
+            tokenizer = CharTokenizer(cfg.chars) if cfg.chars else CharTokenizer()
+        except ValueError as e:
+            raise ConfigError(f"agent.chars: {e}") from None
         model = TinyLM(TinyLMConfig(tokenizer.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers,
                                     n_heads=cfg.n_heads, max_len=cfg.context))
         return TinyPolicy(model.to(device), tokenizer), False
@@ -407,6 +411,15 @@ def load_policy(cfg: KimiConfig, device: torch.device) -> tuple[TinyPolicy | HFP
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"agent.model_path={cfg.model_path}: {e}") from None
     return TinyPolicy(model, tokenizer), True
+
+
+def task_alphabet(task: Any) -> str:
+    """The TinyLM alphabet for ``task``: the shipped tasks' characters, then any other character its prompts and
+    solutions use (in order of appearance)."""
+    from rl.lm.tokenizer import DEFAULT_CHARS
+
+    extra = dict.fromkeys(c for p in task.train + task.test for c in p.prompt + task.solution(p) if c not in DEFAULT_CHARS)
+    return DEFAULT_CHARS + "".join(extra)
 
 
 def make_text_task(env: EnvConfig) -> Any:
@@ -560,9 +573,11 @@ class LLMCollector:
     def pop_logs(self) -> tuple[dict[str, float], dict[str, str]]:
         """What the trainer logs at each log step: ``llm/*`` scalars (means since the last call: this collector's
         rollout statistics and the learner's ``agent.llm_stats``, e.g. log_ratio_sq) and ``llm/samples`` text."""
-        scalars = {**self.stats.means(), **self.agent.llm_stats.means()}
+        scalars = {f"llm/{k}": v for k, v in {**self.stats.means(), **self.agent.llm_stats.means()}.items()}
+        if "llm/reward_mean" in scalars:  # a response is a one-step episode (TextTaskEnv): its return is its reward
+            scalars["charts/episodic_return"] = scalars["llm/reward_mean"]
         texts, self.texts = self.texts, {}
-        return {f"llm/{k}": v for k, v in scalars.items()}, texts
+        return scalars, texts
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "pending": self.pending.state_dict(),
@@ -662,7 +677,8 @@ class Kimi(Agent):
         try:
             longest = max(len(self.policy.encode(p.prompt)) for p in task.train + task.test)
         except ValueError as e:
-            raise ConfigError(f"the policy's tokenizer cannot encode the task's prompts: {e}") from None
+            raise ConfigError(f"the policy's tokenizer cannot encode the task's prompts: {e} (a fresh TinyLM takes "
+                              "its alphabet from agent.chars)") from None
         room = self.policy.context - longest
         check(room >= self.cfg.max_response_tokens,
               f"agent.max_response_tokens={self.cfg.max_response_tokens} does not fit: the longest prompt has "
@@ -682,8 +698,9 @@ class Kimi(Agent):
             self.warm = True
         if not self.start_eval and task.test:
             self.start_eval = self.held_out(task)
-            print(f"kimi: starting held-out accuracy {self.start_eval['accuracy']:.1%} (greedy, "
-                  f"{self.cfg.eval_problems or len(task.test)} problems)")
+            print(f"kimi: starting held-out accuracy {self.start_eval['accuracy']:.1%} greedy, "
+                  f"{self.start_eval['sampled_accuracy']:.1%} sampled ({self.cfg.eval_problems or len(task.test)} "
+                  "problems)")
 
     def make_storage(self, cfg: Config) -> IterationBatch:
         return IterationBatch()
@@ -699,7 +716,7 @@ class Kimi(Agent):
         def evaluate(agent: "Kimi") -> dict[str, float]:
             agent.ensure_warm(task)
             result = agent.held_out(task) if task.test else {}
-            result.update({f"start_{k}": v for k, v in agent.start_eval.items() if k == "accuracy"})
+            result.update({f"start_{k}": v for k, v in agent.start_eval.items() if k in ("accuracy", "sampled_accuracy")})
             return result
 
         return evaluate
@@ -719,19 +736,25 @@ class Kimi(Agent):
 
     @torch.no_grad()
     def held_out(self, task: Any, limit: int = 0, batch_size: int = 256) -> dict[str, float]:
-        """Greedy accuracy on the first ``limit`` (default ``eval_problems``; 0: all) problems of the task's test
-        split, mean response length (tokens, EOS counted), and that of the correct responses."""
+        """On the first ``limit`` (default ``eval_problems``; 0: all) problems of the task's test split: greedy
+        ``accuracy``, mean response length (tokens, EOS counted) and that of the correct responses; and
+        ``sampled_accuracy``, one response per problem sampled as in training (temperature, top-p; a fixed seed)."""
         problems = task.test[: limit or self.cfg.eval_problems or None]
-        hits, lengths = [], []
+        prompts = [self.policy.encode(p.prompt) for p in problems]
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        hits, sampled_hits, lengths = [], [], []
         for i in range(0, len(problems), batch_size):
             chunk = problems[i:i + batch_size]
-            out = self.policy.generate([self.policy.encode(p.prompt) for p in chunk], self.cfg.max_response_tokens,
-                                       0.0, 1.0)
+            out = self.policy.generate(prompts[i:i + batch_size], self.cfg.max_response_tokens, 0.0, 1.0)
             hits += [task.reward(p, self.policy.decode(s)) for p, s in zip(chunk, out.sequences())]
             lengths += out.lengths.tolist()
+            out = self.policy.generate(prompts[i:i + batch_size], self.cfg.max_response_tokens, self.cfg.temperature,
+                                       self.cfg.top_p, generator)
+            sampled_hits += [task.reward(p, self.policy.decode(s)) for p, s in zip(chunk, out.sequences())]
         good = [n for n, h in zip(lengths, hits) if h > 0]
         return {"accuracy": sum(hits) / len(hits), "response_length_mean": sum(lengths) / len(lengths),
-                "correct_length_mean": sum(good) / len(good) if good else 0.0}
+                "correct_length_mean": sum(good) / len(good) if good else 0.0,
+                "sampled_accuracy": sum(sampled_hits) / len(sampled_hits)}
 
     # -- notebook API ----------------------------------------------------------------------------------
     @classmethod
@@ -739,6 +762,8 @@ class Kimi(Agent):
                   task_kwargs: Mapping[str, Any] | None = None, **hyperparameters: Any) -> "Kimi":
         """A Kimi agent for a shipped task (by name, with ``task_kwargs``) or any Task object (e.g. a CustomTask)."""
         name = task if isinstance(task, str) else task.name
+        if not isinstance(task, str) and hyperparameters.get("policy", "tiny") == "tiny" and "chars" not in hyperparameters:
+            hyperparameters["chars"] = task_alphabet(task)  # a fresh TinyLM that can spell the task's text
         cfg = Config(agent=KimiConfig(**hyperparameters), env=EnvConfig(name=name, id=name, kwargs=dict(task_kwargs or {})),
                      buffer=BufferConfig(), trainer=TrainerConfig(), logger=LoggerConfig(), seed=seed, device=device)
         torch.manual_seed(seed)
@@ -801,7 +826,7 @@ class TextTaskEnv(gym.Env):
         return self.problem.prompt, self.task.reward(self.problem, action), True, False, {}
 
 
-for _name in ("arithmetic", "countdown"):
+for _name in ("arithmetic", "countdown", "jsonl"):
     if _name not in gym.registry:
         gym.register(_name, entry_point=TextTaskEnv, kwargs={"task": _name})
 

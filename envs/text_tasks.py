@@ -9,11 +9,15 @@ Shipped tasks (``make_task(name, **kwargs)``):
 - ``"arithmetic"`` — :class:`ArithmeticTask`, multi-digit addition (optionally subtraction) with worked steps.
 - ``"countdown"`` — :class:`CountdownTask`, reach a target from 3–4 small numbers with ``+ - * /``.
 
-Bring your own task with :meth:`CustomTask.from_lists` or :meth:`CustomTask.from_jsonl`.
+- ``"jsonl"`` — :func:`jsonl_task`, your own prompts and answers from a JSONL file, with a checker by name or import path.
+
+Bring your own task with :meth:`CustomTask.from_lists` or :meth:`CustomTask.from_jsonl` (any checker function), or
+``env=jsonl`` on the command line.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import re
@@ -30,6 +34,9 @@ __all__ = [
     "CountdownTask",
     "CustomTask",
     "make_task",
+    "jsonl_task",
+    "resolve_checker",
+    "CHECKERS",
     "TASKS",
     "parse_expression",
     "ExpressionError",
@@ -415,11 +422,54 @@ class CustomTask(Task):
 
 # --------------------------------------------------------------------------------------------- registry
 
-TASKS: dict[str, type[Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
+def exact_match(response: str, answer: str) -> bool:
+    """The response, stripped of surrounding spaces, is the answer."""
+    return response.strip() == answer.strip()
+
+
+def final_answer_match(response: str, answer: str) -> bool:
+    """What follows the response's last ``=`` (the whole response if it has none), stripped, is the answer."""
+    return response.rsplit("=", 1)[-1].strip() == answer.strip()
+
+
+CHECKERS: dict[str, Callable[[str, str], bool]] = {"exact": exact_match, "final_answer": final_answer_match}
+
+
+def resolve_checker(checker: str | Callable[[str, str], bool]) -> Callable[[str, str], bool]:
+    """A checker function from a name in :data:`CHECKERS` or a ``"package.module:function"`` import path (the user's
+    own code, imported — model text is never run)."""
+    if callable(checker):
+        return checker
+    if checker in CHECKERS:
+        return CHECKERS[checker]
+    module, _, name = str(checker).partition(":")
+    if not module or not name:
+        raise ValueError(f"checker {checker!r}: give one of {sorted(CHECKERS)} or 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"checker {checker!r}: cannot import it ({e})") from None
+    if not callable(fn):
+        raise ValueError(f"checker {checker!r} is not a function")
+    return fn
+
+
+def jsonl_task(path: str | None = None, checker: str = "final_answer", test_fraction: float = 0.1,
+               seed: int = 0) -> CustomTask:
+    """A :class:`CustomTask` from a JSONL file of ``{"prompt", "answer", "difficulty"?}`` rows and a checker (see
+    :func:`resolve_checker`) — the command-line way to bring your own task (``env=jsonl``)."""
+    if not path:
+        raise ValueError("the jsonl task needs env.kwargs.path=<a .jsonl file of {\"prompt\", \"answer\"} rows>")
+    if not Path(path).is_file():
+        raise ValueError(f"env.kwargs.path={path}: no such file")
+    return CustomTask.from_jsonl(path, resolve_checker(checker), test_fraction, seed)
+
+
+TASKS: dict[str, Callable[..., Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "jsonl": jsonl_task}
 
 
 def make_task(name: str, **kwargs) -> Task:
-    """Build a shipped task by name (``"arithmetic"`` or ``"countdown"``) with its constructor's arguments."""
+    """Build a task by name (``"arithmetic"``, ``"countdown"``, or ``"jsonl"``: your file) with its arguments."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)} or build a CustomTask")
     return TASKS[name](**kwargs)

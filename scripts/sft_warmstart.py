@@ -22,17 +22,17 @@ import torch  # noqa: E402
 
 from envs.text_tasks import make_task  # noqa: E402
 from rl.lm import CharTokenizer, TinyLM, TinyLMConfig, evaluate, sft  # noqa: E402
+from rl.lm.sft import WARM_START_STEPS  # noqa: E402
 
-# Task arguments and step counts tuned for partial competence (RL needs a policy that sometimes fails).
+# The task arguments of conf/env/<task>.yaml; step counts (rl.lm.sft.WARM_START_STEPS) tuned for partial competence.
 TASK_ARGS = {"arithmetic": {"max_digits": 4, "num_train": 6000, "num_test": 400},
              "countdown": {"num_train": 6000, "num_test": 400}}
-DEFAULT_STEPS = {"arithmetic": 450, "countdown": 1500}
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", choices=sorted(TASK_ARGS), default="arithmetic")
-    ap.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default: {DEFAULT_STEPS})")
+    ap.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default: {WARM_START_STEPS})")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--d-model", type=int, default=128)
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="CPU threads for torch (the matrices are tiny; extra threads mostly spin on a shared machine)")
     args = ap.parse_args(argv)
     out = args.out or Path("outputs/sft") / args.task
-    steps = DEFAULT_STEPS[args.task] if args.steps is None else args.steps
+    steps = WARM_START_STEPS[args.task] if args.steps is None else args.steps
     if steps < 1:
         ap.error(f"--steps must be >= 1, got {args.steps}")
 

@@ -189,3 +189,47 @@ def test_custom_jsonl_round_trip(tmp_path):
     path.write_text('{"prompt": "x", "answer": "1"}\n{"prompt": "y"}\n')
     with pytest.raises(ValueError, match=":2:"):
         CustomTask.from_jsonl(path, exact)
+
+
+def test_no_verifier_runs_model_text():
+    """The module that scores model text never calls eval, exec, compile or __import__ (it parses)."""
+    import ast
+    import inspect
+
+    import envs.text_tasks
+
+    tree = ast.parse(inspect.getsource(envs.text_tasks))
+    calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    called = {f.id for f in calls if isinstance(f, ast.Name)}
+    called |= {f.attr for f in calls if isinstance(f, ast.Attribute)
+               and not (f.attr == "compile" and isinstance(f.value, ast.Name) and f.value.id == "re")}  # regexes
+    assert "parse_expression" in called and not called & {"eval", "exec", "compile", "__import__"}
+
+
+# ------------------------------------------------------------------------------------------- jsonl (env=jsonl)
+
+def test_checkers_by_name_and_import_path():
+    from envs.text_tasks import CHECKERS, exact_match, final_answer_match, resolve_checker
+
+    assert resolve_checker("exact") is exact_match and resolve_checker("final_answer") is final_answer_match
+    assert resolve_checker("envs.text_tasks:exact_match") is exact_match and resolve_checker(exact) is exact
+    assert final_answer_match("2+2+0=04;=4", "4") and final_answer_match(" 4", "4") and not final_answer_match("=5", "4")
+    assert exact_match(" 4 ", "4") and not exact_match("=4", "4") and set(CHECKERS) == {"exact", "final_answer"}
+    for bad, message in [("nope", "package.module:function"), ("envs.text_tasks:missing", "cannot import"),
+                         ("no_such_module_x:f", "cannot import"), ("envs.text_tasks:TASKS", "not a function")]:
+        with pytest.raises(ValueError, match=message):
+            resolve_checker(bad)
+
+
+def test_jsonl_task(tmp_path):
+    path = tmp_path / "sums.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{a}*{b}=", "answer": str(a * b), "difficulty": 1 + (a > 4)}) + "\n"
+                            for a in range(10) for b in range(10)))
+    task = make_task("jsonl", path=str(path), checker="final_answer", test_fraction=0.2)
+    assert isinstance(task, CustomTask) and task.name == "sums" and len(task.test) == 20 and task.levels == [1, 2]
+    p = task.train[0]
+    assert task.reward(p, "=" + p.answer) == 1.0 and task.reward(p, p.answer + "0") == 0.0
+    with pytest.raises(ValueError, match="needs env.kwargs.path"):
+        make_task("jsonl")
+    with pytest.raises(ValueError, match="no such file"):
+        make_task("jsonl", path=str(tmp_path / "missing.jsonl"))

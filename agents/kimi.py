@@ -31,6 +31,7 @@ and :func:`dpo_loss`; a long2short RL phase is this agent with ``length_penalty 
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -359,6 +360,20 @@ class HFPolicy:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         cfg = self.module.config
         self.context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+        self.static: Any = None  # rl.lm.hf.StaticDecoder, once use_cuda_graphs() is called
+
+    def use_cuda_graphs(self) -> bool:
+        """Decode with a static KV cache, each one-token step replayed from a CUDA graph (``rl.lm.hf.StaticDecoder``).
+        False (nothing changes) off CUDA or for attention implementations it cannot mask (e.g. flash-attention)."""
+        from rl.lm.hf import StaticDecoder
+
+        if self.module.device.type != "cuda":
+            return False
+        try:
+            self.static = StaticDecoder(self.module, cuda_graphs=True)
+        except ValueError:
+            return False
+        return True
 
     def encode(self, prompt: str) -> list[int]:
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -383,7 +398,8 @@ class HFPolicy:
         """The same sampling loop as the TinyLM's (``rl.lm.decode``: temperature, top-p, EOS stop, seeded by
         ``generator``), with the model's own KV cache."""
         device = self.module.get_input_embeddings().weight.device
-        return decode(self.step, prompts, max_new_tokens, temperature, top_p, (self.eos_id,), self.pad_id, device,
+        step = self.step if self.static is None else functools.partial(self.static, new_tokens=max_new_tokens)
+        return decode(step, prompts, max_new_tokens, temperature, top_p, (self.eos_id,), self.pad_id, device,
                       generator)
 
     def logits(self, ids: Tensor, mask: Tensor) -> Tensor:
@@ -623,6 +639,11 @@ class Kimi(Agent):
     # -- learner interface ---------------------------------------------------------------------------
     def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError("Kimi acts on text: use predict(prompt) or the collector")
+
+    def use_cuda_graphs(self) -> bool:
+        """``trainer.compile=true``: sampling replays each decoding step from a CUDA graph (Hugging Face policies on
+        CUDA; the update is a variable-shape forward/backward and stays eager)."""
+        return getattr(self.policy, "use_cuda_graphs", lambda: False)()
 
     def sequence_logprobs(self, batch: Mapping[str, Tensor]) -> Tensor:
         ids = batch["ids"]

@@ -12,7 +12,8 @@ completion length, sampling (temperature 1, no top-p / top-k cut), learning rate
 reference model). The random model rarely emits EOS, so both sides generate about ``max_new_tokens`` per completion
 (and repetition detection is off on ours so that it cannot cut rollouts short).
 
-Measured after ``--warmup`` iterations: samples/s of whole iterations (generate + score + update), generation
+Ours runs twice on a GPU: eager, and with each decoding step replayed from a CUDA graph (``trainer.compile=true``;
+``rl.lm.hf.StaticDecoder``). Measured after ``--warmup`` iterations: samples/s of whole iterations (generate + score + update), generation
 tokens/s (completion tokens / time inside generation), GPU memory peak. Prints both, the ratio, and writes JSON to
 ``--json`` (default: ``$OUT/bench_llm.json`` when ``OUT`` is set). TRL is optional: without it (or ``datasets``)
 its half is skipped with a message.
@@ -51,8 +52,9 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def bench_ours(args: argparse.Namespace, model_dir: Path, device: torch.device) -> dict:
-    """Kimi through the same collector/update calls the trainer makes, one iteration at a time."""
+def bench_ours(args: argparse.Namespace, model_dir: Path, device: torch.device, cuda_graphs: bool = False) -> dict:
+    """Kimi through the same collector/update calls the trainer makes, one iteration at a time (``cuda_graphs``: as
+    with ``trainer.compile=true``, each decoding step replayed from a CUDA graph)."""
     from agents.kimi import Kimi
 
     reset_memory(device)
@@ -60,6 +62,8 @@ def bench_ours(args: argparse.Namespace, model_dir: Path, device: torch.device) 
                            model_path=str(model_dir), dtype=args.dtype, k=args.k, prompts_per_iteration=args.prompts,
                            max_response_tokens=args.max_new_tokens, grad_steps=args.grad_steps, lr=args.lr,
                            temperature=1.0, top_p=1.0, repetition_repeats=0, prioritized=False)
+    if cuda_graphs and not agent.use_cuda_graphs():
+        raise RuntimeError("CUDA graphs are not available for this policy on this device")
     collector, storage = agent.make_collector(agent.run_config), agent.make_storage(agent.run_config)
     samples, tokens, gen_seconds, start = 0, 0, 0.0, 0.0
     generate = agent.policy.generate
@@ -198,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                            for k, v in vars(args).items()},
                      "params": params}
     runs = {"ours": bench_ours}
+    if device.type == "cuda":
+        runs["ours_graphs"] = lambda *a: bench_ours(*a, cuda_graphs=True)
     if args.no_trl:
         print("TRL: skipped (--no-trl)")
     else:
@@ -210,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         except ImportError as e:
             print(f"TRL: skipped, cannot import it ({e}); pip install trl to compare")
     for name, fn in runs.items():
-        label = "ours (Kimi)" if name == "ours" else f"TRL {versions['trl']} GRPOTrainer"
+        label = {"ours": "ours (Kimi)", "ours_graphs": "ours, CUDA graphs"}.get(name, f"TRL {versions.get('trl')} GRPOTrainer")
         try:
             r = results[name] = fn(args, model_dir, device)
         except Exception as e:  # one side failing must not lose the other's numbers
@@ -222,10 +228,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{label:>24}: {r['samples_per_s']:9.1f} samples/s   {r['gen_tokens_per_s']:10.0f} generation tokens/s"
               f"   ({r['gen_fraction']:.0%} of the time generating){memory}   "
               f"[{r['samples']} samples in {r['seconds']:.2f}s]")
-    if "samples_per_s" in results.get("ours", {}) and "samples_per_s" in results.get("trl", {}):
-        results["ratio"] = {k: results["ours"][k] / results["trl"][k] for k in ("samples_per_s", "gen_tokens_per_s")}
-        print(f"{'ours / TRL':>24}: {results['ratio']['samples_per_s']:9.2f}x samples/s "
-              f"{results['ratio']['gen_tokens_per_s']:9.2f}x generation tokens/s")
+    for name in ("ours", "ours_graphs"):
+        if "samples_per_s" in results.get(name, {}) and "samples_per_s" in results.get("trl", {}):
+            ratio = results[f"ratio_{name}"] = {k: results[name][k] / results["trl"][k]
+                                                for k in ("samples_per_s", "gen_tokens_per_s")}
+            print(f"{name.replace('_', ' + ') + ' / TRL':>24}: {ratio['samples_per_s']:9.2f}x samples/s "
+                  f"{ratio['gen_tokens_per_s']:9.2f}x generation tokens/s")
     path = args.json or (Path(os.environ["OUT"]) / "bench_llm.json" if os.environ.get("OUT") else None)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,7 @@ class VectorEnvCollector:
         self.ep_return = np.zeros(self.n)
         self.ep_length = np.zeros(self.n, dtype=np.int64)
         self.rng = torch.Generator().manual_seed(seed)  # warm-up actions: independent of the agent's RNG
+        self.staging: list[tuple[Tensor, Any]] = []  # pinned host buffers (and their copy events) for uploads to CUDA
 
     def _tensor(self, x: np.ndarray) -> Tensor:
         return torch.as_tensor(x, device=self.device, dtype=self.obs_dtype)
@@ -72,11 +73,29 @@ class VectorEnvCollector:
                     torch.as_tensor(np.stack(scalars), dtype=torch.float32).to(self.device))
         parts = [next_obs.reshape(n, -1)] + ([final_next.reshape(n, -1)] if final_next is not next_obs else [])
         packed = np.concatenate(parts + [np.stack(scalars, 1)], axis=1, dtype=np.float32)
-        dev = torch.from_numpy(packed).to(self.device)
+        dev = self._to_device(packed)
         d, shape = parts[0].shape[1], next_obs.shape[1:]
         next_t = dev[:, :d].view(n, *shape)
         stored = dev[:, d:2 * d].view(n, *shape) if len(parts) == 2 else next_t
         return next_t, stored, dev[:, -3:].T
+
+    def _to_device(self, packed: np.ndarray) -> Tensor:
+        """``packed`` on the device. To CUDA it goes through a pinned buffer, asynchronously: the host does not wait
+        for the GPU work queued before the copy (e.g. an overlapped update) and steps on. Two buffers take turns;
+        each is refilled only after its previous copy is done (its event)."""
+        if self.device.type != "cuda":
+            return torch.from_numpy(packed).to(self.device)
+        if len(self.staging) < 2 or self.staging[0][0].shape != packed.shape:
+            self.staging = [(torch.empty(packed.shape, dtype=torch.float32).pin_memory(), None) for _ in range(2)]
+        host, event = self.staging.pop(0)
+        if event is not None:
+            event.synchronize()
+        host.numpy()[...] = packed
+        dev = host.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.staging.append((host, event))
+        return dev
 
     def collect(self, agent: Any, storage: Any, random_actions: bool,
                 during: Callable[[int], None] | None = None) -> tuple[int, list[Episode]]:

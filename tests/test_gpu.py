@@ -151,3 +151,25 @@ def test_graphed_env_step_equals_eager(env_id):
             assert torch.equal(x, y), (env_id, t)
     assert graphed._graphed_step.graphs
     assert torch.equal(eager.finished, graphed.finished) and eager.finished[2] > 512
+
+
+def test_pinned_asynchronous_uploads_store_what_the_host_saw():
+    # VectorEnvCollector on CUDA uploads each transition through pinned buffers, without waiting for the GPU: the
+    # buffer must hold exactly what the same collector stores on the CPU (random actions, episodes ending inside).
+    from envs.make import make_vec_env
+    from rl.collector import VectorEnvCollector
+    from rl.config import EnvConfig
+
+    stored = []
+    for device in (torch.device("cpu"), CUDA):
+        envs = make_vec_env(EnvConfig(name="pendulum", id="Pendulum-v1", num_envs=4, max_episode_steps=7))
+        collector = VectorEnvCollector(envs, device, seed=0)
+        storage = ReplayBuffer(100, transition_spec(envs.single_observation_space, envs.single_action_space), device)
+        for _ in range(20):
+            collector.collect(None, storage, True)
+            torch.cuda._sleep(1_000_000)  # GPU work queued before the next upload: the host must not wait for it
+        stored.append({k: v.cpu() for k, v in storage.data.items()})
+        collector.close()
+    for k in stored[0]:
+        assert torch.equal(stored[0][k], stored[1][k]), k
+    assert stored[1]["truncated"].sum() == 8  # 20 steps of 4 envs with episodes of 7 steps

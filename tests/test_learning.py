@@ -74,4 +74,6 @@ def test_actor_critic_greedy_policy_reaches_target_from_every_cell(tmp_path, pre
     agent = Agent.load(tmp_path, device="cpu")
     print(f"{preset}: value error {result['charts/value_error']:.3f}, return {result['return_mean']:.2f}")
     assert greedy_reaches_target_from(agent) == 25
-    assert result["charts/value_error"] < 1.0  # the critic approaches v* (max-abs error, v* ranges 5.8 … 10)
+    # the critic approaches v* (max-abs error; v* ranges 5.8 … 10): QAC's softened policy (entropy bonus) keeps
+    # v_π a little below v*; off-policy AC's decaying step sizes settle its critic on v* (docs/benchmarks.md)
+    assert result["charts/value_error"] < {"qac_gridworld": 1.0, "offpac_gridworld": 0.01}[preset]

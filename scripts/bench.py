@@ -17,7 +17,8 @@ warm-up and update-to-data ratio, read from our composed config (SB3 can only us
 ``env.backend=torch`` it runs the gymnasium version of the same env, with ``--sb3-num-envs`` copies).
 
 For every run it prints (as soon as that run ends) env steps per second over the timed phase — the steps
-after the random warm-up, where updates happen — the final mean eval return, and our ratio to SB3. SPS is a
+after the random warm-up, where updates happen, with no evaluation inside (``trainer.eval_every=0``; SB3's
+``learn()`` evaluates nothing either) — the mean eval return at the end, and our ratio to SB3. SPS is a
 rate, so SB3 may be timed over fewer steps (``--sb3-steps``) as long as both are past the warm-up.
 """
 
@@ -141,7 +142,9 @@ def main() -> None:
                                                  "when $OUT is set)")
     args = p.parse_args()
     variants = args.variant or [["ours"]]
-    base = compose(args.overrides + ["trainer.progress=false", "logger.tensorboard=false"])
+    # no evaluation inside the timed loop (SB3's learn() evaluates nothing either): one evaluation at the end
+    fixed = ["trainer.progress=false", "logger.tensorboard=false", "trainer.eval_every=0"]
+    base = compose(args.overrides + fixed)
     device = resolve_device(base.device)
     if device.type == "cpu":
         torch.set_num_threads(max(base.trainer.threads, 1))
@@ -159,8 +162,7 @@ def main() -> None:
                   flush=True)
             rows.append({"seed": seed, "variant": "sb3", **(b or {})})
         for name, *extra in variants:
-            cfg = compose(args.overrides + list(extra) + [f"seed={seed}", "trainer.progress=false",
-                                                           "logger.tensorboard=false"])
+            cfg = compose(args.overrides + list(extra) + [f"seed={seed}", *fixed])
             a = ours(cfg)
             ratio = f"  {a['sps'] / b['sps']:6.2f}x SB3" if b else ""
             print(f"seed {seed}  {name:<10}" + fmt(a) + ratio, flush=True)

@@ -27,7 +27,7 @@ for section in "$@"; do
         --variant eager trainer.compile=false --variant graphs trainer.compile=true ;;
     pendulum)  # DDPG on 4096 GPU pendulums (wall_s: from building the agent to the end of the final evaluation)
       $PY scripts/bench.py +experiment=ddpg_pendulum_gpu device=cuda --sb3-num-envs 1 --sb3-steps 4000 \
-        --sb3-learning-starts 1000 --seeds 0 1 ;;
+        --sb3-learning-starts 1000 --seeds 0 1 2 ;;
     cartpole)  # A2C on 4096 GPU cartpoles
       $PY scripts/bench.py +experiment=a2c_cartpole_gpu device=cuda --sb3-num-envs 8 --sb3-steps 40000 --seeds 0 1 2 ;;
     profiles)

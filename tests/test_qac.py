@@ -121,3 +121,22 @@ def test_a2c_learns_cartpole_quickly():
     before = agent.evaluate(episodes=5)["return_mean"]
     after = agent.learn(25_000, progress=False, eval_every=0, eval_episodes=5)["return_mean"]
     assert before < 50 and after > 100, (before, after)  # measured: 9.4 → 148.6
+
+
+@pytest.mark.parametrize("name", ["QAC", "A2C", "OffPAC"])
+def test_notebook_api_works_like_ddpg(tmp_path, name):
+    """``from agents import QAC, A2C`` in a notebook: from_env, learn, evaluate, save, load, predict (single and batch)."""
+    import agents
+
+    cls = getattr(agents, name)
+    agent = cls.from_env("CartPole-v1", device="cpu", num_envs=2, seed=0)
+    agent.learn(200, progress=False, eval_every=0, eval_episodes=1, learning_starts=0, batch_size=16)
+    result = agent.evaluate(episodes=2)
+    assert set(result) == {"return_mean", "return_std"} and result["return_mean"] >= 8  # CartPole lasts ≥ 8 steps
+    path = agent.save(tmp_path / f"{name}.pt")
+    loaded = cls.load(path, device="cpu")
+    obs = np.array([[0.01, 0.0, 0.02, 0.0], [0.0, 0.5, -0.1, -0.5]], dtype=np.float32)
+    assert loaded.predict(obs).tolist() == agent.predict(obs).tolist() and loaded.predict(obs).shape == (2,)
+    assert int(loaded.predict(obs[0])) in (0, 1)
+    for a, b in zip(agent.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)

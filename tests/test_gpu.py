@@ -34,6 +34,13 @@ def to_cuda(batch: dict) -> dict:
     return {k: v.to(CUDA) for k, v in batch.items()}
 
 
+def rollout_batch(g: torch.Generator, T: int = 5, N: int = 64) -> dict:
+    """A random [T, N] CartPole-shaped rollout on the GPU (4-d observations, 2 actions)."""
+    return to_cuda({"obs": torch.randn(T, N, 4, generator=g), "action": torch.randint(0, 2, (T, N), generator=g),
+                    "reward": torch.ones(T, N), "next_obs": torch.randn(T, N, 4, generator=g),
+                    "terminated": torch.rand(T, N, generator=g) < 0.05, "truncated": torch.rand(T, N, generator=g) < 0.02})
+
+
 def params(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in module.state_dict().values() if p.is_floating_point()])
 
@@ -64,13 +71,32 @@ def test_graphed_a2c_update_equals_eager():
     assert graphed.use_cuda_graphs()
     g = torch.Generator().manual_seed(1)
     for i in range(12):
-        T, N = 5, 64
-        batch = {"obs": torch.randn(T, N, 4, generator=g), "action": torch.randint(0, 2, (T, N), generator=g),
-                 "reward": torch.ones(T, N), "next_obs": torch.randn(T, N, 4, generator=g),
-                 "terminated": torch.rand(T, N, generator=g) < 0.05, "truncated": torch.rand(T, N, generator=g) < 0.02}
-        a, b = eager.update(to_cuda(batch)), graphed.update(to_cuda(batch))
+        batch = rollout_batch(g)
+        a, b = eager.update(batch), graphed.update(batch)
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=f"update {i}: {k}")
+    torch.testing.assert_close(params(graphed), params(eager), rtol=1e-5, atol=1e-5)
+
+
+def test_graphed_qac_update_equals_eager():
+    # QAC draws a' ~ π(·|s') inside the update: with the CUDA generator reseeded before each update, a replayed
+    # graph draws what the eager update draws (graph-safe RNG), so losses and parameters agree.
+    from agents.qac import QAC, QACConfig
+
+    torch.manual_seed(0)
+    eager = QAC(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), QACConfig(), CUDA)
+    graphed = copy.deepcopy(eager)
+    assert graphed.use_cuda_graphs()
+    g = torch.Generator().manual_seed(1)
+    for i in range(12):
+        batch = rollout_batch(g)
+        torch.cuda.manual_seed(100 + i)
+        a = eager.update(batch)
+        torch.cuda.manual_seed(100 + i)
+        b = graphed.update(batch)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=f"update {i}: {k}")
+    assert graphed._graphed_update.graphs
     torch.testing.assert_close(params(graphed), params(eager), rtol=1e-5, atol=1e-5)
 
 

@@ -80,7 +80,7 @@ def sft(task: Task, model: TinyLM, tokenizer: CharTokenizer, steps: int, batch_s
 
 
 def evaluate(model: TinyLM, tokenizer: CharTokenizer, task: Task, problems: Sequence[Problem] | None = None,
-             temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int | None = None, batch_size: int = 256,
+             temperature: float = 0.0, max_new_tokens: int | None = None, batch_size: int = 256,
              seed: int = 0) -> dict:
     """Sample one response per problem (default: ``task.test``) and score it with ``task.reward``.
 
@@ -98,7 +98,7 @@ def evaluate(model: TinyLM, tokenizer: CharTokenizer, task: Task, problems: Sequ
     was_training, hits, lengths, done = model.training, [], [], []
     model.eval()
     for i in range(0, len(problems), batch_size):
-        out = generate(model, prompts[i:i + batch_size], max_new_tokens, temperature, top_p,
+        out = generate(model, prompts[i:i + batch_size], max_new_tokens, temperature,
                        stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id, generator=gen)
         for p, ids in zip(problems[i:i + batch_size], out.sequences()):
             hits.append(task.reward(p, tokenizer.decode(ids)))

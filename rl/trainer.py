@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl import checkpoint
+from rl import checkpoint, distributed
 from rl.collector import TorchEnvCollector, VectorEnvCollector, evaluate_policy
 from rl.config import Config, ConfigError, flat, to_yaml
 from rl.logging import Logger, MetricAccumulator
@@ -65,6 +65,7 @@ class Trainer:
     def __init__(self, cfg: Config, agent: Any, run_dir: str | Path | None = None,
                  collector: Any = None, evaluator: Evaluator | None = None) -> None:
         self.cfg, self.agent, self.device = cfg, agent, agent.device
+        self.group = getattr(agent, "group", distributed.SINGLE)  # torchrun: rank 0 logs and writes checkpoints
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if cfg.trainer.threads > 0:
             torch.set_num_threads(cfg.trainer.threads)
@@ -81,14 +82,15 @@ class Trainer:
                 print(f"trainer.compile: CUDA graphs need device=cuda and a graphable update; {type(agent).__name__} "
                       f"on {agent.device} runs eagerly", file=sys.stderr)
         self.evaluator = evaluator or agent.make_evaluator(cfg)
-        self.logger = Logger(self.run_dir, enabled=cfg.logger.tensorboard and self.run_dir is not None)
+        self.logger = Logger(self.run_dir, enabled=cfg.logger.tensorboard and self.run_dir is not None and self.group.main)
         self.metrics = MetricAccumulator()
         self.step = 0  # environment steps (or samples, for LLM runs)
         self.update_credit = 0.0  # fractional gradient updates owed (utd_ratio × steps)
         self.episodes = 0
         self.last_return = math.nan
         self.last_eval: dict[str, float] = {}
-        self._signal: int | None = None
+        self._signal: int | None = None  # a SIGINT/SIGTERM this process received
+        self._stop: int | None = None  # the signal every rank stops for (after the iteration that saw it)
         self._hparams_logged = False
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -100,11 +102,11 @@ class Trainer:
             self.logger.hparams(flat(self.cfg), ["eval/return_mean", "charts/episodic_return"])
             self._hparams_logged = True
         previous = self._install_signal_handlers()
-        bar = _progress(total, self.step, tc.progress)
+        bar = _progress(total, self.step, tc.progress and self.group.main)
         t_log, s_log = time.perf_counter(), self.step
         t_start, s_start = t_log, self.step
         try:
-            while self.step < total and self._signal is None:
+            while self.step < total and self._stop is None:
                 before = self.step
                 self.agent.set_progress(self.step / total)
                 warmup = self.agent.random_warmup and self.step < tc.learning_starts
@@ -127,20 +129,23 @@ class Trainer:
                     self.evaluate()
                 if crossed(before, self.step, tc.checkpoint_every) and self.step < total:
                     self.save_checkpoint()
+                self._share_signal()
         finally:
             bar.close()
             self._restore_signal_handlers(previous)
         sps = (self.step - s_start) / max(time.perf_counter() - t_start, 1e-9)  # the loop alone
-        if self._signal is not None:
+        if self._stop is not None:
             path = self.save_checkpoint()
-            name = signal.Signals(self._signal).name
+            name = signal.Signals(self._stop).name
             where = f"; checkpoint saved to {path}; continue with trainer.resume={self.run_dir}" if path else ""
-            print(f"interrupted by {name} at step {self.step}{where}", file=sys.stderr)
+            if self.group.main:
+                print(f"interrupted by {name} at step {self.step}{where}", file=sys.stderr)
         else:
             self.evaluate()
             self.save_checkpoint()
         self.logger.flush()
-        return {"step": self.step, "sps": sps, "interrupted": self._signal, **self.last_eval}
+        self.group.barrier()  # under torchrun: every rank ends together (a rank that exits early looks failed)
+        return {"step": self.step, "sps": sps, "interrupted": self._stop, **self.last_eval}
 
     def _update(self, n: int, step: int) -> None:
         """The gradient updates owed for ``n`` more env steps (``utd_ratio`` each), once past the warm-up."""
@@ -178,13 +183,24 @@ class Trainer:
 
     # -- signals -----------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict:
-        self._signal = None
+        self._signal = self._stop = None
         if threading.current_thread() is not threading.main_thread():
             return {}
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, self._on_signal)
         return previous
+
+    def _share_signal(self) -> None:
+        """Decide whether to stop after this iteration. Under torchrun a signal that reached any rank stops every
+        rank after this same iteration (one small all-reduce per iteration), so that all of them take part in the one
+        checkpoint."""
+        if self.group.world == 1:
+            self._stop = self._signal
+            return
+        flag = torch.tensor([self._signal or 0], device=self.device)
+        self.group.all_reduce(flag, "max")
+        self._stop = int(flag) or None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._signal is not None:  # a second Ctrl-C: stop at once
@@ -210,15 +226,20 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoint.pt`` (and ``buffer.pt``) atomically into the run directory."""
+        """Write ``checkpoint.pt`` (and ``buffer.pt``) atomically into the run directory. Under torchrun every
+        rank gathers its part of the state and rank 0 alone writes."""
         if self.run_dir is None:
             return None
         state = self.state_dict()
-        if self.cfg.buffer.checkpoint and hasattr(self.storage, "state_dict"):
-            checkpoint.atomic_save({"step": self.step, "storage": self.storage.state_dict()},
-                                   self.run_dir / "buffer.pt")
-            state["buffer_file"] = "buffer.pt"
-        return checkpoint.atomic_save(state, self.run_dir / checkpoint.CHECKPOINT_NAME)
+        path = None
+        if self.group.main:
+            if self.cfg.buffer.checkpoint and hasattr(self.storage, "state_dict"):
+                checkpoint.atomic_save({"step": self.step, "storage": self.storage.state_dict()},
+                                       self.run_dir / "buffer.pt")
+                state["buffer_file"] = "buffer.pt"
+            path = checkpoint.atomic_save(state, self.run_dir / checkpoint.CHECKPOINT_NAME)
+        self.group.barrier()
+        return path or self.run_dir / checkpoint.CHECKPOINT_NAME
 
     def load_checkpoint(self, path: str | Path) -> None:
         path = checkpoint.resolve(path)

@@ -106,6 +106,10 @@ class Kimi(Agent):
                 for layer in decoder_layers(self.policy):
                     fully_shard(layer, mesh=mesh, mp_policy=mp)
                 scorer = fully_shard(scorer, mesh=mesh, mp_policy=mp)
+                with torch.no_grad():  # FSDP takes the first module to run forward as its root: the learner
+                    ids = torch.full((1, 2), self.policy.pad_id, dtype=torch.long, device=self.device)
+                    scorer(ids, *torch.tensor([[1], [2]], device=self.device))
+                scorer.reshard()  # the root keeps its parameters whole after a forward: shard them again
             else:
                 from torch.nn.parallel import DistributedDataParallel
 
@@ -189,6 +193,7 @@ class Kimi(Agent):
         ref: list[Tensor | None] = [None] * len(micro)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt.zero_grad(set_to_none=True)  # nothing left over from elsewhere (e.g. the SFT warm start)
         self.model.train()  # dropout is off (policies.disable_dropout); train mode lets checkpointing work
         try:
             for step in range(cfg.grad_steps):

@@ -191,7 +191,7 @@ class HFPolicy:
     def hidden(self, ids: Tensor) -> Tensor:
         """Final hidden states on right-padded ids (causal attention: padding after a token cannot change it)."""
         backbone = getattr(self.lm, self.lm.base_model_prefix)
-        return backbone(input_ids=ids).last_hidden_state
+        return backbone(input_ids=ids, use_cache=False).last_hidden_state
 
     def head(self, hidden: Tensor) -> Tensor:
         logits = self.lm.get_output_embeddings()(hidden)

@@ -80,6 +80,15 @@ def model_config(arch: str = "llama", layers: int = 2, hidden: int = 64, heads: 
                max_position_embeddings=context, **{"tie_word_embeddings": True, **extra})
 
 
+def qwen25_config(shape: str):
+    """A ``Qwen2Config`` of one of :data:`QWEN25_SHAPES` (32,768 positions, RMSNorm epsilon 1e-6, q/k/v biases)."""
+    import transformers
+
+    if shape not in QWEN25_SHAPES:
+        raise ValueError(f"shape must be one of {sorted(QWEN25_SHAPES)}, got {shape!r}")
+    return transformers.Qwen2Config(**QWEN25_SHAPES[shape], max_position_embeddings=32_768, rms_norm_eps=1e-6)
+
+
 def random_model(config: Any, seed: int = 0, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """A randomly initialized causal LM of ``config``, built directly on ``device`` in ``dtype`` (the same
     ``seed`` and device give the same weights)."""

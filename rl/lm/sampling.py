@@ -188,11 +188,12 @@ def generate(model: TinyLM, prompt_ids: Sequence[Sequence[int]], max_new_tokens:
     return decode(TinyDecoder(model), prompt_ids, max_new_tokens, temperature, uniforms, stop_ids, pad_id, device)
 
 
-def token_logprobs(model: TinyLM, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+def token_logprobs(model: TinyLM | torch.nn.Module, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
                    pad_id: int = PAD_ID) -> tuple[Tensor, Tensor]:
     """Per-token ``log π(y_t | x, y_<t)``: (logp [B, R], mask [B, R]) with R the longest response, 0 on padding.
 
-    Each row is laid out as ``prompt + response`` and right-padded; one forward pass; differentiable.
+    Each row is laid out as ``prompt + response`` and right-padded; one forward pass; differentiable. ``model``: a
+    :class:`TinyLM` or a Hugging Face causal LM.
     """
     if len(prompt_ids) != len(response_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
@@ -209,7 +210,8 @@ def token_logprobs(model: TinyLM, prompt_ids: Sequence[Sequence[int]], response_
     r_len = torch.tensor([len(r) for r in response_ids])
     ids, p_len, r_len = ids.to(device), p_len.to(device), r_len.to(device)
     attention = torch.arange(width, device=device)[None] < (p_len + r_len)[:, None]
-    logp_all = F.log_softmax(model(ids, attention_mask=attention).float(), dim=-1)  # [B, W, V]
+    out = model(ids, attention_mask=attention)  # a TinyLM's logits, or a Hugging Face model's output
+    logp_all = F.log_softmax(getattr(out, "logits", out).float(), dim=-1)  # [B, W, V]
     next_logp = logp_all[:, :-1].gather(2, ids[:, 1:, None]).squeeze(-1)  # [B, W-1]: log p(ids[t+1] | ids[:t+1])
     j = torch.arange(R, device=device)[None]
     mask = j < r_len[:, None]  # [B, R]

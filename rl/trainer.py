@@ -172,6 +172,8 @@ class Trainer:
     def _log_scalars(self, extra: dict[str, float], bar: Any) -> None:
         values = {f"losses/{k}": v for k, v in self.metrics.means().items()}
         values.update(extra)
+        if self.device.type == "cuda":  # this process's peak so far (a host-side counter: no sync)
+            values["charts/gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if hasattr(self.collector, "pop_logs"):  # collectors with their own statistics (e.g. the LLM's llm/* tags)
             scalars, texts = self.collector.pop_logs()
             values.update(scalars)

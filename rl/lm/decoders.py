@@ -88,8 +88,9 @@ class LlamaDecoder:
         self.graphed: Any = None
 
     def reset(self) -> None:
-        """Forget the cache and the graphs (e.g. after the weights moved to other storage)."""
+        """Free the cache and the graphs (e.g. after the weights moved to other storage)."""
         self.shape, self.graphed = None, None
+        self.k = self.v = []
 
     def _allocate(self, rows: int, length: int, device: torch.device) -> None:
         if self.shape == (rows, length):

@@ -63,11 +63,18 @@ class HFDecoder:
         return out.logits[:, -1]
 
 
+def _rms(norm: Any, x: Tensor) -> Tensor:
+    """An RMSNorm module of the Llama family as one fused ``F.rms_norm`` (its weight and epsilon)."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        return norm(x)
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+
+
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding of x [B, heads, T, D] with cos, sin [B, T, D] (the rotate-half convention)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+    """Rotary embedding of x [B, T, heads, D]; cos, sin [B, T, 1, D], sin with the rotate-half signs folded in
+    (first half negative): ``x·cos + roll(x, D/2)·sin`` = the rotate-half convention in three kernels."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 class LlamaDecoder:
@@ -104,20 +111,24 @@ class LlamaDecoder:
         self.shape, self.graphed = (rows, length), None
 
     def _layers(self, x: Tensor, positions: Tensor, attend: Any) -> Tensor:
-        """Every decoder layer on x [B, T, hidden]; ``attend(layer_index, q, k, v, scaling)`` -> [B, heads, T, D]."""
-        cos, sin = self.core.rotary_emb(x, positions)
+        """Every decoder layer on x [B, T, hidden]; ``attend(layer_index, q, k, v)`` (each [B, T, heads, D], q already
+        scaled by 1/sqrt(D)) -> [B, T, heads · D]. Returns the last position's logits [B, V]."""
+        cos, sin = self.core.rotary_emb(x, positions)  # [B, T, D], shared by every layer
+        half = cos.shape[-1] // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
+        cos = cos[:, :, None]
+        scale = self.core.layers[0].self_attn.scaling
+        cos_q, sin_q = cos * scale, sin * scale  # the attention's 1/sqrt(D) rides on q's rotation
         B, T, _ = x.shape
         for i, layer in enumerate(self.core.layers):
             a = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = _rms(layer.input_layernorm, x)
             q, k, v = (proj(h).view(B, T, -1, self.head_dim) for proj in (a.q_proj, a.k_proj, a.v_proj))
             if hasattr(a, "q_norm"):  # Qwen3: RMSNorm of each head's q and k
-                q, k = a.q_norm(q), a.k_norm(k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            o = attend(i, _rotate(q, cos, sin), _rotate(k, cos, sin), v, a.scaling)
-            x = x + a.o_proj(o.transpose(1, 2).reshape(B, T, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.lm.lm_head(self.core.norm(x[:, -1]))
+                q, k = _rms(a.q_norm, q), _rms(a.k_norm, k)
+            x = x + a.o_proj(attend(i, _rotate(q, cos_q, sin_q), _rotate(k, cos, sin), v))
+            x = x + layer.mlp(_rms(layer.post_attention_layernorm, x))
+        return self.lm.lm_head(_rms(self.core.norm, x[:, -1]))
 
     @torch.no_grad()
     def prefill(self, ids: Tensor, mask: Tensor, new_tokens: int) -> Tensor:
@@ -139,10 +150,12 @@ class LlamaDecoder:
         allowed = (((q_i[None, :] <= q_i[:, None])[None] & valid[:, None, :W]) | torch.eye(W, dtype=torch.bool,
                                                                                            device=ids.device))[:, None]
 
-        def attend(i: int, q: Tensor, k: Tensor, v: Tensor, scaling: float) -> Tensor:
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [rows, kv heads, W, D]
             self.k[i][:, :, :W], self.v[i][:, :, :W] = k, v
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scaling,
-                                                  enable_gqa=self.heads != self.kv_heads)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=allowed, scale=1.0,
+                                                 enable_gqa=self.heads != self.kv_heads)
+            return out.transpose(1, 2).reshape(rows, W, -1)
 
         return self._layers(self.core.embed_tokens(tokens), positions, attend)[:B]
 
@@ -151,16 +164,17 @@ class LlamaDecoder:
         position it goes to), pos [rows, 1] (its rotary position)."""
         slot = inputs["slot"]
         allowed = self.valid[:, :window] & (torch.arange(window, device=slot.device) <= slot)  # [rows, window]
-        rows, G = allowed.shape[0], self.heads // self.kv_heads
+        bias = torch.zeros(allowed.shape, dtype=self.k[0].dtype, device=slot.device).masked_fill_(~allowed, float("-inf"))
+        bias = bias[:, None, None]  # [rows, 1, 1, window]
+        rows, G, D = allowed.shape[0], self.heads // self.kv_heads, self.head_dim
 
-        def attend(i: int, q: Tensor, k: Tensor, v: Tensor, scaling: float) -> Tensor:
-            self.k[i].index_copy_(2, slot, k)
-            self.v[i].index_copy_(2, slot, v)
-            keys, values = self.k[i][:, :, :window], self.v[i][:, :, :window]
-            scores = q.reshape(rows, self.kv_heads, G, self.head_dim) @ keys.transpose(-1, -2)  # [rows, kvh, G, win]
-            scores = (scores.float() * scaling).masked_fill(~allowed[:, None, None], float("-inf"))
-            out = scores.softmax(-1).to(values.dtype) @ values  # [rows, kvh, G, D]
-            return out.reshape(rows, self.heads, 1, self.head_dim)
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            self.k[i].index_copy_(2, slot, k.transpose(1, 2))
+            self.v[i].index_copy_(2, slot, v.transpose(1, 2))
+            keys, values = self.k[i][:, :, :window], self.v[i][:, :, :window]  # [rows, kv heads, window, D]
+            scores = (q.view(rows, self.kv_heads, G, D) @ keys.transpose(-1, -2)).add_(bias)  # [rows, kvh, G, win]
+            out = scores.softmax(-1, dtype=torch.float32).to(values.dtype) @ values  # [rows, kvh, G, D]
+            return out.view(rows, 1, self.heads * D)
 
         return self._layers(self.core.embed_tokens(inputs["tok"][:, None]), inputs["pos"], attend)
 

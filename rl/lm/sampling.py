@@ -78,7 +78,7 @@ def sample_next(logits: Tensor, temperature: float, u: Tensor | None = None) -> 
         tok = logits.argmax(-1)
         logp = F.log_softmax(logits.float(), dim=-1).gather(-1, tok[:, None]).squeeze(-1)
         return tok, logp
-    probs = F.softmax(logits.float() / temperature, dim=-1)
+    probs = torch.softmax(logits if temperature == 1 else logits.float() / temperature, -1, dtype=torch.float32)
     cdf = probs.cumsum(-1)
     if u is None:
         u = torch.rand(len(logits), device=logits.device)

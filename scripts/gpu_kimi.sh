@@ -19,7 +19,7 @@ for section in "$@"; do
     bench-0.5b) $PY scripts/bench_llm.py --shape 0.5b "${BENCH[@]}" --iterations 3 2>&1 | grep -v -i "warn\|Loading\|Writing" ;;
     bench-1.5b) $PY scripts/bench_llm.py --shape 1.5b "${BENCH[@]}" --iterations 3 2>&1 | grep -v -i "warn\|Loading\|Writing" ;;
     bench-7b) $PY scripts/bench_llm.py --shape 7b --lora 16 "${BENCH[@]}" --iterations 2 2>&1 | grep -v -i "warn\|Loading\|Writing" ;;
-    race) $PY scripts/kimi_vs_trl.py --minutes 4 --out "$OUT/race" 2>&1 | grep -v -i "warn\|Loading\|Writing\|train_runtime" ;;
+    race) $PY scripts/kimi_vs_trl.py --minutes 3.5 --out "$OUT/race" 2>&1 | grep -v -i "warn\|Loading\|Writing\|train_runtime" ;;
     scale) $PY scripts/scale_kimi.py --out "$OUT/scale" 2>&1 | grep -v -i "warn\|Loading\|Writing" ;;
     countdown) $PY -m rl.train agent=kimi env=countdown device=cuda trainer.progress=false hydra.run.dir="$OUT/countdown" \
                  2>&1 | grep -i "accuracy\|done\|error" | tail -5 ;;

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--sft-steps", type=int, default=3000, help="SFT steps at most")
     ap.add_argument("--sft-target", type=float, default=0.35, help="stop SFT at this held-out accuracy")
-    ap.add_argument("--sft-check", type=int, default=100, help="SFT steps between held-out checks")
+    ap.add_argument("--sft-check", type=int, default=25, help="SFT steps between held-out checks")
     ap.add_argument("--sft-lr", type=float, default=1e-3)
     ap.add_argument("--prompts", type=int, default=128, help="prompts per step (both sides)")
     ap.add_argument("--k", type=int, default=8)
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--grad-steps", type=int, default=2, help="gradient steps per generation (TRL: num_iterations)")
     ap.add_argument("--eval-every", type=float, default=30.0, help="seconds of training between evaluations")
     ap.add_argument("--eval-problems", type=int, default=0, help="held-out problems per evaluation (0: all 400)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per side")
     ap.add_argument("--side", choices=("both", "ours", "trl"), default="both")
     ap.add_argument("--model-dir", type=Path, default=None, help="start RL from this SFT model (made by a parent run)")
     ap.add_argument("--out", type=Path, default=None)
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     sides = ["ours", "trl"] if args.side == "both" else [args.side]
+    torch.set_num_threads(args.threads)  # two sides on one host: torch's default (every core each) oversubscribes it
     results: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                      "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -135,9 +135,9 @@ class VectorEnvCollector:
     def load_state_dict(self, state: dict) -> None:
         restore(self.envs, state["envs"])
         self.obs = state["obs"].to(self.device)
-        self.ep_return = state["ep_return"].numpy().copy()
-        self.ep_length = state["ep_length"].numpy().copy()
-        self.rng.set_state(state["rng"])
+        self.ep_return = state["ep_return"].cpu().numpy().copy()
+        self.ep_length = state["ep_length"].cpu().numpy().copy()
+        self.rng.set_state(state["rng"].cpu())
 
     def close(self) -> None:
         self.envs.close()

@@ -246,14 +246,14 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         path = checkpoint.resolve(path)
-        state = checkpoint.load(path, map_location=self.device)
+        state = checkpoint.load(path)  # on the host: each part moves what it keeps to its own device
         self.agent.load_state(state["agent"])
         t = state["trainer"]
         self.step, self.update_credit = int(t["step"]), float(t["update_credit"])
         self.episodes, self.last_return = int(t["episodes"]), float(t["last_return"])
         self.collector.load_state_dict(state["collector"])
         if "buffer_file" in state:
-            buf = checkpoint.load(path.parent / state["buffer_file"], map_location=self.device)
+            buf = checkpoint.load(path.parent / state["buffer_file"])
             if buf["step"] != self.step:
                 raise ConfigError(f"{path.parent / state['buffer_file']} is from step {buf['step']}, "
                                   f"the checkpoint from step {self.step}")

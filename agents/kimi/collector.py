@@ -262,7 +262,7 @@ class LLMCollector:
 
     def load_state_dict(self, state: Mapping) -> None:
         self.sampler.load_state_dict(state["sampler"])
-        self.rng.set_state(state["rng"])
+        self.rng.set_state(state["rng"].cpu())
         self.iteration, self.next_group = int(state["iteration"]), int(state["next_group"])
         pending = state["pending"]
         self.pending.pos = self.pending.size = 0

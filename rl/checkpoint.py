@@ -12,6 +12,7 @@ whole, falling back to the one before (with a warning) when the newest is corrup
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -279,7 +280,8 @@ def load_for_resume(path: PathLike, map_location: str | torch.device = "cpu") ->
                           f"{unit.path.name}: continuing from step {step} there would mix two histories; copy it "
                           "(and its .buffer.pt) into a new directory and resume from that")
     for p in newer:
-        p.rename(p.with_name(p.name + ".corrupt"))
+        with contextlib.suppress(FileNotFoundError):  # under torchrun another rank may have moved it already
+            p.rename(p.with_name(p.name + ".corrupt"))
     return unit
 
 

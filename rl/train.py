@@ -4,6 +4,7 @@
     python -m rl.train agent=td3 env=halfcheetah device=cuda
     python -m rl.train -m seed=0,1,2                    # three runs, three output directories
     python -m rl.train trainer.resume=outputs/<date>/<run>   # continue a run
+    torchrun --nproc_per_node=2 -m rl.train agent=kimi ...     # LLM policy optimization on 2 GPUs (docs/distributed.md)
 
 From a notebook, the same run through Hydra's compose API::
 
@@ -16,11 +17,14 @@ From a notebook, the same run through Hydra's compose API::
 
 from __future__ import annotations
 
+import datetime
+import importlib.util
 import os
 import re
 import shutil
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 import agents  # noqa: F401  (registers every agent with the config store)
 import envs  # noqa: F401  (registers the zoo's environments)
 from agents.base import build_agent
-from rl import checkpoint
+from rl import checkpoint, distributed
 from rl.config import Config, ConfigError, check, flat, from_yaml, one_line, to_config
 from rl.trainer import Diverged, Trainer, with_trainer
 
@@ -82,6 +86,7 @@ def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps
     compares every key). ``total_steps`` (if given) replaces ``cfg.trainer.total_steps``.
     """
     cfg = to_config(cfg)
+    group = distributed.init(cfg.device)
     if total_steps is not None:
         cfg = with_trainer(cfg, total_steps=total_steps)
         given = None if given is None else [*given, "trainer.total_steps"]
@@ -97,6 +102,11 @@ def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps
     elif run_dir is not None and checkpoint.holds_run(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; pick a new directory or resume it with "
                           f"trainer.resume={run_dir}")
+    if group.world > 1:
+        if cfg.agent.name != "kimi":
+            raise ConfigError(f"torchrun runs agent=kimi across processes; agent={cfg.agent.name} trains in one "
+                              "process (for many runs at once use a Hydra launcher: hydra/launcher=joblib)")
+        cfg = replace(cfg, device=distributed.device_for(group, cfg.device))
     agent = build_agent(cfg)
     trainer = Trainer(cfg, agent, run_dir)
     try:
@@ -116,6 +126,21 @@ def _discard_empty_run_dir(run_dir: Path) -> None:
     if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - hydra_files:
         return
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+_STAMP: list[datetime.datetime] = []
+
+
+def _stamp(fmt: str) -> str:
+    """``${stamp:%H-%M-%S}`` in conf/config.yaml's run directory: the start time of the run, the same on every rank
+    of a torchrun run (rank 0's, shared before Hydra starts)."""
+    if not _STAMP:
+        _STAMP.append(datetime.datetime.fromisoformat(os.environ["RL_RUN_STAMP"]) if "RL_RUN_STAMP" in os.environ
+                      else datetime.datetime.now())
+    return _STAMP[0].strftime(fmt)
+
+
+OmegaConf.register_new_resolver("stamp", _stamp, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -172,10 +197,45 @@ def refuse_existing_run_dir(argv: list[str]) -> None:
         fail(f"{run_dir} already holds a run; pick a new directory or resume it with trainer.resume={run_dir}")
 
 
+PLUGINS = {"hydra/launcher": {"joblib": "hydra_plugins.hydra_joblib_launcher",
+                              "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+                              "submitit_local": "hydra_plugins.hydra_submitit_launcher"},
+           "hydra/sweeper": {"optuna": "hydra_plugins.hydra_optuna_sweeper"}}
+
+
+def check_plugins(argv: list[str]) -> None:
+    """``hydra/launcher=joblib`` (or submitit, ``hydra/sweeper=optuna``) without its plugin installed: one line."""
+    for arg in argv:
+        group, _, name = arg.lstrip("+").partition("=")
+        module = PLUGINS.get(group, {}).get(name)
+        if module and importlib.util.find_spec(module) is None:
+            print(f"error: {group}={name} needs its Hydra plugin, which is not installed: pip install "
+                  "'actorzoo[sweep]'", file=sys.stderr)
+            sys.exit(2)
+
+
+def join_ranks(argv: list[str]) -> list[str]:
+    """Under torchrun: join the process group before Hydra starts, share rank 0's start time (so that every rank
+    resolves the same run directory), and keep Hydra's files and logs to rank 0."""
+    if not distributed.launched():
+        return argv
+    device = next((a.split("=", 1)[1] for a in argv if a.startswith("device=")), "auto")
+    try:
+        group = distributed.init(device)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    os.environ["RL_RUN_STAMP"] = group.broadcast(datetime.datetime.now().isoformat())
+    return argv if group.main else [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled",
+                                    "hydra/hydra_logging=disabled"]
+
+
 def main() -> None:
     """``python -m rl.train``: every error of the user's making ends in one line on stderr and exit code 2."""
     sys.argv[1:] = expand_env_ids(sys.argv[1:])
+    check_plugins(sys.argv[1:])
     refuse_existing_run_dir(sys.argv[1:])
+    sys.argv[1:] = join_ranks(sys.argv[1:])
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors to us instead of printing them over many lines
     try:
@@ -188,6 +248,7 @@ def main() -> None:
         fail("interrupted twice: stopped at once, without a new checkpoint (the newest complete one is intact)",
              code=130)
     finally:
+        distributed.shutdown()
         if full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:

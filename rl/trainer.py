@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl import checkpoint
+from rl import checkpoint, distributed
 from rl.collector import TorchEnvCollector, VectorEnvCollector, evaluate_policy
 from rl.config import Config, ConfigError, flat, to_yaml
 from rl.logging import Logger, MetricAccumulator
@@ -69,6 +69,7 @@ class Trainer:
     def __init__(self, cfg: Config, agent: Any, run_dir: str | Path | None = None,
                  collector: Any = None, evaluator: Evaluator | None = None) -> None:
         self.cfg, self.agent, self.device = cfg, agent, agent.device
+        self.group = getattr(agent, "group", distributed.SINGLE)  # torchrun: rank 0 logs and writes checkpoints
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if cfg.trainer.overlap and not agent.off_policy:
             raise ConfigError(f"trainer.overlap=true needs an off-policy agent (replayed data); {type(agent).__name__} "
@@ -83,7 +84,7 @@ class Trainer:
                 print(f"trainer.compile: CUDA graphs need device=cuda and a graphable update; {type(agent).__name__} "
                       f"on {agent.device} runs eagerly", file=sys.stderr)
         self.evaluator = evaluator or agent.make_evaluator(cfg)
-        self.logger = Logger(self.run_dir, enabled=cfg.logger.tensorboard and self.run_dir is not None)
+        self.logger = Logger(self.run_dir, enabled=cfg.logger.tensorboard and self.run_dir is not None and self.group.main)
         self.metrics = MetricAccumulator()
         self.step = 0  # environment steps (or samples, for LLM runs)
         self.update_credit = 0.0  # fractional gradient updates owed (utd_ratio × steps)
@@ -92,7 +93,8 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.last_log_step = 0  # the step of the previous scalar log (the NaN guard names the window)
         self.saved: tuple[int, Path] | None = None  # (step, file) of the newest checkpoint written or loaded
-        self._signal: int | None = None
+        self._signal: int | None = None  # a SIGINT/SIGTERM this process received
+        self._stop: int | None = None  # the signal every rank stops for (after the iteration that saw it)
         self._hparams_logged = False
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -108,11 +110,11 @@ class Trainer:
         if tc.threads > 0:  # for this run only: a notebook gets its own setting back afterwards
             torch.set_num_threads(tc.threads)
         previous = self._install_signal_handlers()
-        bar = _progress(total, self.step, tc.progress)
+        bar = _progress(total, self.step, tc.progress and self.group.main)
         t_log, s_log = time.perf_counter(), self.step
         t_start, s_start = t_log, self.step
         try:
-            while self.step < total and self._signal is None:
+            while self.step < total and self._stop is None:
                 before = self.step
                 self.agent.set_progress(self.step / total)
                 warmup = self.agent.random_warmup and self.step < tc.learning_starts
@@ -135,20 +137,24 @@ class Trainer:
                     self.evaluate()
                 if crossed(before, self.step, tc.checkpoint_every) and self.step < total:
                     self.save_checkpoint()
+                self._share_signal()
             sps = (self.step - s_start) / max(time.perf_counter() - t_start, 1e-9)  # the loop alone
-            if self._signal is None:  # a signal during this evaluation still gets its checkpoint below
+            if self._stop is None:
                 self.evaluate()
+                self._share_signal()  # a signal during this evaluation is reported below; the checkpoint follows
             path = self.save_checkpoint()
         finally:
             bar.close()
             self._restore_signal_handlers(previous)
             torch.set_num_threads(threads)
-        if self._signal is not None:
-            name = signal.Signals(self._signal).name
+        if self._stop is not None:
+            name = signal.Signals(self._stop).name
             where = f"; checkpoint saved to {path}; continue with trainer.resume={self.run_dir}" if path else ""
-            print(f"interrupted by {name} at step {self.step}{where}", file=sys.stderr)
+            if self.group.main:
+                print(f"interrupted by {name} at step {self.step}{where}", file=sys.stderr)
         self.logger.flush()
-        return {"step": self.step, "sps": sps, "interrupted": self._signal, **self.last_eval}
+        self.group.barrier()  # under torchrun: every rank ends together (a rank that exits early looks failed)
+        return {"step": self.step, "sps": sps, "interrupted": self._stop, **self.last_eval}
 
     def _update(self, n: int, step: int) -> None:
         """The gradient updates owed for ``n`` more env steps (``utd_ratio`` each), once past the warm-up."""
@@ -176,10 +182,13 @@ class Trainer:
     def _log_scalars(self, extra: dict[str, float], bar: Any) -> None:
         values = {f"losses/{k}": v for k, v in self.metrics.means().items()}  # the log step's one host sync
         bad = [f"{k} = {v}" for k, v in values.items() if not math.isfinite(v)]
-        if bad:
-            raise Diverged(self._diverged(", ".join(bad) + f" (mean over steps {self.last_log_step}-{self.step})"))
+        if self._any_rank(bool(bad)):
+            raise Diverged(self._diverged(", ".join(bad or ["a loss of another process"])
+                                          + f" (mean over steps {self.last_log_step}-{self.step})"))
         self.last_log_step = self.step
         values.update(extra)
+        if self.device.type == "cuda":  # this process's peak so far (a host-side counter: no sync)
+            values["charts/gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if hasattr(self.collector, "pop_logs"):  # collectors with their own statistics (e.g. the LLM's llm/* tags)
             scalars, texts = self.collector.pop_logs()
             values.update(scalars)
@@ -191,13 +200,24 @@ class Trainer:
 
     # -- signals -----------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict:
-        self._signal = None
+        self._signal = self._stop = None
         if threading.current_thread() is not threading.main_thread():
             return {}
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, self._on_signal)
         return previous
+
+    def _share_signal(self) -> None:
+        """Decide whether to stop after this iteration. Under torchrun a signal that reached any rank stops every
+        rank after this same iteration (one small all-reduce per iteration), so that all of them take part in the one
+        checkpoint."""
+        if self.group.world == 1:
+            self._stop = self._signal
+            return
+        flag = torch.tensor([self._signal or 0], device=self.device)
+        self.group.all_reduce(flag, "max")
+        self._stop = int(flag) or None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._signal is not None:  # a second Ctrl-C: stop at once
@@ -215,13 +235,21 @@ class Trainer:
         is NaN or infinite. One host sync; called before evaluations and checkpoints, which sync anyway."""
         tensors = {f"losses/{k}": v for k, v in self.metrics.sums.items()}
         tensors.update({f"parameter {k}": v for k, v in self.agent.state_dict().items() if v.is_floating_point()})
-        if not tensors:
-            return
-        finite = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).tolist()
+        local = [v.to_local() if hasattr(v, "to_local") else v for v in tensors.values()]  # FSDP: this rank's shard
+        finite = torch.stack([torch.isfinite(v).all() for v in local]).tolist() if local else []
         bad = [name for name, ok in zip(tensors, finite) if not ok]
-        if bad:
+        if self._any_rank(bool(bad)):
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            raise Diverged(self._diverged(", ".join(bad[:3]) + more + " not finite"))
+            raise Diverged(self._diverged(", ".join(bad[:3] or ["a tensor of another process"]) + more + " not finite"))
+
+    def _any_rank(self, bad: bool) -> bool:
+        """Whether any process saw ``bad``: under torchrun every rank must stop at the same step (one all-reduce,
+        at log, evaluation and checkpoint time only)."""
+        if self.group.world == 1:
+            return bad
+        flag = torch.tensor([int(bad)], device=self.device)
+        self.group.all_reduce(flag, "max")
+        return bool(flag.item())
 
     def _diverged(self, what: str) -> str:
         last = (f"the last good checkpoint, {self.saved[1]} (step {self.saved[0]}), is untouched"
@@ -243,16 +271,20 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write one checkpoint unit for this step into the run directory (:func:`rl.checkpoint.save_unit`):
-        refused, with :class:`Diverged`, when a loss or a parameter is not finite."""
+        refused, with :class:`Diverged`, when a loss or a parameter is not finite. Under torchrun every rank
+        gathers its part of the state and rank 0 alone writes."""
         if self.run_dir is None:
             return None
         if self.saved is not None and self.saved[0] == self.step:  # e.g. a signal right after a periodic save
             return self.saved[1]
         self.check_finite()
-        buffer = self.storage.state_dict() if self.cfg.buffer.checkpoint and hasattr(self.storage, "state_dict") \
-            else None
-        path = checkpoint.save_unit(self.run_dir, self.step, self.state_dict(), buffer,
-                                    keep=self.cfg.trainer.keep_checkpoints)
+        state = self.state_dict()
+        path = checkpoint.unit_path(self.run_dir, self.step)
+        if self.group.main:
+            buffer = self.storage.state_dict() if self.cfg.buffer.checkpoint and hasattr(self.storage, "state_dict") \
+                else None
+            path = checkpoint.save_unit(self.run_dir, self.step, state, buffer, keep=self.cfg.trainer.keep_checkpoints)
+        self.group.barrier()
         self.saved = (self.step, path)
         return path
 

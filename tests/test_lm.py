@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from envs.text_tasks import ArithmeticTask, CountdownTask
 from rl.lm import (BOS_ID, EOS_ID, PAD_ID, CharTokenizer, TinyLM, TinyLMConfig, evaluate, generate,
                    sequence_logprobs, sft, token_logprobs)
-from rl.lm.sampling import pad_left
+from rl.lm.sampling import pad_left, sample_next, stream_uniforms
 
 TOK = CharTokenizer()
 
@@ -81,11 +81,27 @@ def test_kv_cache_greedy_equals_full_recompute(seed):
     assert len(set(map(tuple, out.sequences()))) == len(PROMPTS)
 
 
-def test_top_p_to_zero_is_greedy():
-    model = random_model(3)
-    greedy = generate(model, PROMPTS, 15, temperature=0.0)
-    nucleus = generate(model, PROMPTS, 15, temperature=1.0, top_p=1e-9, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(greedy.tokens, nucleus.tokens)
+def test_inverse_cdf_draws_follow_softmax_over_temperature():
+    # 40,000 draws from one row of logits at T = 0.7: each token's frequency is within 4 standard errors of
+    # softmax(logits / T), and the returned log-prob of every draw is log softmax(logits / T) of that token.
+    logits = torch.tensor([[2.0, 0.5, -1.0, 1.0, 0.0]]).repeat(40_000, 1)
+    u = stream_uniforms(7, list(range(40_000)), [0] * 40_000, 1)[:, 0]
+    tok, logp = sample_next(logits, 0.7, u)
+    p = F.softmax(logits[0] / 0.7, -1)
+    freq = torch.bincount(tok, minlength=5).float() / len(tok)
+    assert ((freq - p).abs() <= 4 * (p * (1 - p) / len(tok)).sqrt()).all(), (freq, p)
+    assert torch.allclose(logp, p.log()[tok], atol=1e-6)
+    greedy, greedy_logp = sample_next(logits[:2], 0.0)
+    assert greedy.tolist() == [0, 0] and torch.allclose(greedy_logp, F.log_softmax(logits[0], -1)[0])
+
+
+def test_stream_uniforms_are_a_function_of_seed_stream_and_position():
+    both = stream_uniforms(3, [11, 42], [0, 5], 6)
+    assert torch.equal(both[1], stream_uniforms(3, [42], [5], 6)[0])  # whatever else shares the batch
+    assert torch.equal(both[1, :4], stream_uniforms(3, [42], [0], 10)[0, 5:9])  # a continued rollout
+    assert not torch.equal(both, stream_uniforms(4, [11, 42], [0, 5], 6))
+    many = stream_uniforms(0, list(range(1000)), [0] * 1000, 100)
+    assert 0 < many.min() and many.max() < 1 and abs(many.mean().item() - 0.5) < 0.005
 
 
 def test_sampling_is_seeded_and_temperature_matters():

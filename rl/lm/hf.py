@@ -1,12 +1,14 @@
-"""Hugging Face causal LMs: a tiny randomly initialized one + character-level tokenizer, made offline and saved to a
-directory (what tests and ``scripts/bench_llm.py`` load through ``agent.policy=hf``, and what TRL loads beside it);
-and :class:`StaticDecoder`, fixed-buffer decoding steps that a GPU replays from CUDA graphs.
+"""Hugging Face causal LMs made offline: tokenizers (character-level, or byte-level BPE trained on the task's text),
+randomly initialized models of a given shape (Llama / Qwen2 / GPT-2; the Qwen2.5 shapes of
+``QWEN25_SHAPES``), saved to a directory that ``agent.policy=hf`` (and TRL, beside it) loads.
 
-Needs the optional ``transformers`` package (``pip install 'actorzoo[llm]'``); nothing is downloaded.
+Needs the optional ``transformers`` and ``tokenizers`` packages (``pip install 'actorzoo[llm]'``); nothing is
+downloaded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,21 @@ import torch
 
 from rl.lm.tokenizer import DEFAULT_CHARS, SPECIAL_TOKENS
 
-ARCHS = ("llama", "gpt2")
+ARCHS = ("llama", "qwen2", "gpt2")
+
+# The published Qwen2.5 shapes (their config.json files), for randomly initialized stand-ins.
+QWEN25_SHAPES: dict[str, dict[str, Any]] = {
+    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                 intermediate_size=4864, vocab_size=151_936, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                 intermediate_size=8960, vocab_size=151_936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+               intermediate_size=18_944, vocab_size=152_064, tie_word_embeddings=False),
+}
+
+# A ChatML template (the Qwen family's) for tokenizers made here.
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def char_tokenizer(chars: str = DEFAULT_CHARS):
@@ -32,32 +48,63 @@ def char_tokenizer(chars: str = DEFAULT_CHARS):
                                    unk_token="<pad>")
 
 
-def save_tiny_model(path: str | Path, arch: str = "llama", layers: int = 2, hidden: int = 64, heads: int = 2,
-                    context: int = 128, seed: int = 0, model_vocab: int | None = None,
-                    chars: str = DEFAULT_CHARS) -> Path:
-    """Write a random ``arch`` model (``llama``: Llama/Qwen2-style with RoPE, RMSNorm, SwiGLU; ``gpt2``) of
-    ``layers`` × ``hidden`` (``heads`` heads, ``context`` positions) and :func:`char_tokenizer` to ``path``.
-    ``model_vocab`` (default: the tokenizer's size) lets a test make a model that does not fit its tokenizer."""
+def bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1000, chat_template: str | None = CHATML):
+    """A byte-level BPE tokenizer trained here on ``texts`` (Qwen-style specials: ``<|endoftext|>`` pads,
+    ``<|im_end|>`` ends a response; no BOS), with a ChatML ``chat_template``. Any byte string encodes."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
+                            show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    tok.chat_template = chat_template
+    return tok
+
+
+def model_config(arch: str = "llama", layers: int = 2, hidden: int = 64, heads: int = 2, context: int = 128,
+                 vocab: int = 32, kv_heads: int | None = None, intermediate: int | None = None, **extra: Any):
+    """A ``transformers`` config: ``llama`` / ``qwen2`` (RoPE, RMSNorm, SwiGLU, grouped-query attention; Qwen2 has
+    q/k/v biases) or ``gpt2``; ``extra`` keys go to the config as they are."""
     import transformers
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    tokenizer = char_tokenizer(chars)
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "pad_token_id": tokenizer.pad_token_id}
-    vocab = model_vocab or len(tokenizer)
-    if arch == "llama":
-        config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden,
-                                          num_hidden_layers=layers, num_attention_heads=heads,
-                                          num_key_value_heads=heads, max_position_embeddings=context,
-                                          tie_word_embeddings=True, **ids)
-        cls = transformers.LlamaForCausalLM
-    else:
-        config = transformers.GPT2Config(vocab_size=vocab, n_positions=context, n_embd=hidden, n_layer=layers,
-                                         n_head=heads, **ids)
-        cls = transformers.GPT2LMHeadModel
+    if arch == "gpt2":
+        return transformers.GPT2Config(vocab_size=vocab, n_positions=context, n_embd=hidden, n_layer=layers,
+                                       n_head=heads, **extra)
+    cls = transformers.LlamaConfig if arch == "llama" else transformers.Qwen2Config
+    return cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or 4 * hidden,
+               num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+               max_position_embeddings=context, **{"tie_word_embeddings": True, **extra})
+
+
+def qwen25_config(shape: str):
+    """A ``Qwen2Config`` of one of :data:`QWEN25_SHAPES` (32,768 positions, RMSNorm epsilon 1e-6, q/k/v biases)."""
+    import transformers
+
+    if shape not in QWEN25_SHAPES:
+        raise ValueError(f"shape must be one of {sorted(QWEN25_SHAPES)}, got {shape!r}")
+    return transformers.Qwen2Config(**QWEN25_SHAPES[shape], max_position_embeddings=32_768, rms_norm_eps=1e-6)
+
+
+def random_model(config: Any, seed: int = 0, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """A randomly initialized causal LM of ``config``, built directly on ``device`` in ``dtype`` (the same
+    ``seed`` and device give the same weights)."""
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
-    model = cls(config)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def save_model(path: str | Path, model: Any, tokenizer: Any) -> Path:
+    """``save_pretrained`` of both, with the tokenizer's special ids written into the model's configs."""
+    ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+           "bos_token_id": tokenizer.bos_token_id}
+    model.config.update(ids)
     model.generation_config.update(**ids)
     path = Path(path)
     model.save_pretrained(path)
@@ -65,110 +112,12 @@ def save_tiny_model(path: str | Path, arch: str = "llama", layers: int = 2, hidd
     return path
 
 
-def _round_up(n: int, to: int) -> int:
-    return -(-n // to) * to
-
-
-class StaticDecoder:
-    """The :data:`rl.lm.sampling.Step` of a Hugging Face causal LM with a preallocated KV cache (transformers'
-    ``StaticCache``) and 4-D attention masks built here, so that every one-token step reads and writes the same
-    buffers. With ``cuda_graphs`` each such step is then replayed from a CUDA graph (:class:`rl.graphs.Graphed`):
-    one replay instead of ~10 kernel launches per layer from Python, which is what bounds a small model's decoding.
-
-    Rows are padded up to a power of two (≥ 8) and the cache length to a multiple of 32, so that a few graphs serve
-    every batch (partial rollouts change the batch size from iteration to iteration). The logits are those of the
-    model's dynamic-cache path (``tests/test_kimi.py`` checks it): query position i attends to the real tokens at
-    positions ≤ i; a left-padding position attends to itself only, so that no row is fully masked.
-
-    Use: ``decode(functools.partial(decoder, new_tokens=n), prompts, n, ...)``.
-    """
-
-    def __init__(self, module: torch.nn.Module, cuda_graphs: bool = False, max_slots: int = 8) -> None:
-        impl = getattr(module.config, "_attn_implementation", None) or "sdpa"
-        if impl not in ("sdpa", "eager"):
-            raise ValueError(f"static decoding builds its own masks for sdpa or eager attention, not {impl!r}")
-        self.module, self.additive, self.max_slots = module, impl == "eager", max_slots
-        cfg = module.config
-        self.context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
-        self.cuda_graphs = cuda_graphs
-        self.graphed: Any = None
-        self.slots: dict[tuple[int, int], dict[str, Any]] = {}  # (rows, cache length) -> cache and valid-key mask
-
-    def _mask(self, allowed: torch.Tensor) -> torch.Tensor:
-        """A 4-D boolean "may attend" mask in the form the model's attention takes (sdpa: bool; eager: additive)."""
-        if not self.additive:
-            return allowed
-        dtype = self.module.dtype
-        return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-    def _slot(self, rows: int, length: int, device: torch.device) -> dict[str, Any]:
-        key = (rows, length)
-        if key not in self.slots:
-            from transformers import StaticCache
-
-            if len(self.slots) >= self.max_slots:  # start over rather than hold caches for every shape ever seen
-                self.slots.clear()
-                self.graphed = None
-            self.slots[key] = {"cache": StaticCache(config=self.module.config, max_cache_len=length),
-                               "valid": torch.zeros(rows, length, dtype=torch.bool, device=device)}
-        return self.slots[key]
-
-    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, new_tokens: int) -> tuple[torch.Tensor, Any]:
-        """``cache is None``: the prompt block ``ids`` [B, W] (left-padded, ``mask`` [B, W]); else one new token per
-        row, ``mask`` [B, S] covering every position so far. Returns (logits [B, T, V], the slot key)."""
-        B = ids.shape[0]
-        rows = max(8, 1 << (B - 1).bit_length())
-        if cache is None:
-            return self._prefill(ids, mask, rows, new_tokens), (rows, self._length(ids.shape[1], new_tokens))
-        slot = self.slots[cache]
-        S = mask.shape[1]
-        if S > cache[1]:
-            raise ValueError(f"decoding position {S} is past the cache length {cache[1]}")
-        slot["valid"][:B, S - 1] = mask[:, -1]
-        tok = ids.new_zeros(rows, 1)
-        tok[:B] = ids
-        pos = ids.new_zeros(rows, 1)
-        pos[:B] = mask.sum(-1, keepdim=True) - 1
-        pos[B:] = S - 1  # padding rows: a real position of their own, never read
-        inputs = {"tok": tok, "pos": pos}
-        if self.cuda_graphs and ids.is_cuda:
-            if self.graphed is None:
-                from rl.graphs import Graphed
-
-                self.graphed = Graphed(self._step)
-            logits = self.graphed(cache, inputs)
-        else:
-            logits = self._step(cache, inputs)
-        return logits[:B], cache
-
-    def _length(self, width: int, new_tokens: int) -> int:
-        """The cache length for a ``width``-token prompt block and ``new_tokens`` more: rounded up to 32 (≤ context)."""
-        if width + new_tokens > self.context:
-            raise ValueError(f"prompt ({width}) + new tokens ({new_tokens}) exceed the model's context {self.context}")
-        return min(_round_up(width + new_tokens, 32), self.context)
-
-    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor, rows: int, new_tokens: int) -> torch.Tensor:
-        B, W = ids.shape
-        length = self._length(W, new_tokens)
-        slot = self._slot(rows, length, ids.device)
-        slot["cache"].reset()
-        valid = slot["valid"]
-        valid.zero_()
-        valid[:B, :W] = mask
-        valid[B:, W - 1] = True  # padding rows: one real token each
-        tokens = ids.new_zeros(rows, W)
-        tokens[:B] = ids
-        q = torch.arange(W, device=ids.device)[:, None]
-        k = torch.arange(length, device=ids.device)[None]
-        allowed = ((k <= q)[None] & valid[:, None, :]) | (k == q)[None]  # [rows, W, length]
-        positions = (valid[:, :W].long().cumsum(-1) - 1).clamp(min=0)
-        out = self.module(input_ids=tokens, attention_mask=self._mask(allowed[:, None]), position_ids=positions,
-                          past_key_values=slot["cache"], use_cache=True)
-        return out.logits[:B]
-
-    def _step(self, key: tuple[int, int], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One token per row against the slot's cache: a function of fixed buffers only (graph-safe)."""
-        slot = self.slots[key]
-        allowed = slot["valid"][:, None, None, :]  # [rows, 1, 1, length]
-        return self.module(input_ids=inputs["tok"], attention_mask=self._mask(allowed), position_ids=inputs["pos"],
-                           past_key_values=slot["cache"], use_cache=True).logits
+def save_tiny_model(path: str | Path, arch: str = "llama", layers: int = 2, hidden: int = 64, heads: int = 2,
+                    context: int = 128, seed: int = 0, model_vocab: int | None = None,
+                    chars: str = DEFAULT_CHARS, kv_heads: int | None = None) -> Path:
+    """Write a random ``arch`` model of ``layers`` × ``hidden`` (``heads`` heads, ``context`` positions) and
+    :func:`char_tokenizer` to ``path``. ``model_vocab`` (default: the tokenizer's size) lets a test make a model
+    that does not fit its tokenizer."""
+    tokenizer = char_tokenizer(chars)
+    config = model_config(arch, layers, hidden, heads, context, model_vocab or len(tokenizer), kv_heads)
+    return save_model(path, random_model(config, seed), tokenizer)

@@ -123,6 +123,16 @@ class TinyLM(nn.Module):
         padded rows stay finite. ``positions`` [B, T] default to the count of real tokens before each one
         (``cumsum(mask) - 1``), which makes left- and right-padded rows see the same positions as unpadded ones.
         """
+        logits = self.head(self.hidden_states(ids, attention_mask, kv_cache, positions))
+        if kv_cache is None:
+            return logits
+        kv_cache.length += ids.shape[1]
+        return logits, kv_cache
+
+    def hidden_states(self, ids: Tensor, attention_mask: Tensor | None = None, kv_cache: KVCache | None = None,
+                      positions: Tensor | None = None) -> Tensor:
+        """The final (normalized) hidden states [B, T, d_model] that :meth:`forward` projects to logits; the cache's
+        length is left for the caller to advance."""
         B, T = ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         S = past + T
@@ -141,11 +151,7 @@ class TinyLM(nn.Module):
         x = self.drop(self.tok(ids) + self.pos(positions))
         for i, block in enumerate(self.blocks):
             x = block(x, mask[:, None], kv_cache, i)
-        logits = self.head(self.ln_f(x))
-        if kv_cache is None:
-            return logits
-        kv_cache.length = S
-        return logits, kv_cache
+        return self.ln_f(x)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.pt`` (a state dict, loadable with ``weights_only=True``)."""

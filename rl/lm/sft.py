@@ -32,12 +32,14 @@ def encode_prompts(tokenizer: CharTokenizer, problems: Sequence[Problem]) -> lis
     return [tokenizer.encode(p.prompt, add_bos=True) for p in problems]
 
 
-def sft(task: Task, model: TinyLM, tokenizer: CharTokenizer, steps: int, batch_size: int = 64, lr: float = 2e-3,
-        weight_decay: float = 0.01, warmup: int = 100, seed: int = 0, log_every: int = 100,
-        log: Callable[[str], None] | None = print) -> list[dict[str, float]]:
+def sft(task: Task, model: TinyLM | torch.nn.Module, tokenizer: CharTokenizer, steps: int, batch_size: int = 64,
+        lr: float = 2e-3, weight_decay: float = 0.01, warmup: int = 100, seed: int = 0, log_every: int = 100,
+        log: Callable[[str], None] | None = print, until: Callable[[int], bool] | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place for ``steps`` AdamW steps on ``(prompt, task.solution(problem) + eos)`` pairs of
     ``task.train``: loss = mean negative log-likelihood of the response tokens. Learning rate: linear warm-up,
-    then cosine decay to 10 %. Returns the logged history: ``[{"step", "loss", "lr", "seconds"}, ...]``.
+    then cosine decay to 10 %. ``until(step)``, asked at every log step, ends the training early when it returns
+    True. ``model``: a :class:`TinyLM`, or a Hugging Face causal LM whose tokenizer gives ``tokenizer``'s ids.
+    Returns the logged history: ``[{"step", "loss", "lr", "seconds"}, ...]``.
     """
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1 and lr > 0, got {steps}, {batch_size}, {lr}")
@@ -46,8 +48,9 @@ def sft(task: Task, model: TinyLM, tokenizer: CharTokenizer, steps: int, batch_s
     prompts = encode_prompts(tokenizer, task.train)
     responses = [tokenizer.encode(task.solution(p), add_eos=True) for p in task.train]
     longest = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    if longest > model.config.max_len:
-        raise ValueError(f"a prompt + solution has {longest} tokens, more than max_len={model.config.max_len}")
+    context = getattr(model.config, "max_len", None) or model.config.max_position_embeddings
+    if longest > context:
+        raise ValueError(f"a prompt + solution has {longest} tokens, more than the model's context {context}")
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
@@ -75,12 +78,15 @@ def sft(task: Task, model: TinyLM, tokenizer: CharTokenizer, steps: int, batch_s
             history.append(row)
             if log is not None:
                 log(f"step {row['step']:5d}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.0f}s")
+            if until is not None and until(step + 1):
+                break
+    opt.zero_grad(set_to_none=True)  # leave no gradients behind for whoever trains the model next
     model.eval()
     return history
 
 
 def evaluate(model: TinyLM, tokenizer: CharTokenizer, task: Task, problems: Sequence[Problem] | None = None,
-             temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int | None = None, batch_size: int = 256,
+             temperature: float = 0.0, max_new_tokens: int | None = None, batch_size: int = 256,
              seed: int = 0) -> dict:
     """Sample one response per problem (default: ``task.test``) and score it with ``task.reward``.
 
@@ -98,7 +104,7 @@ def evaluate(model: TinyLM, tokenizer: CharTokenizer, task: Task, problems: Sequ
     was_training, hits, lengths, done = model.training, [], [], []
     model.eval()
     for i in range(0, len(problems), batch_size):
-        out = generate(model, prompts[i:i + batch_size], max_new_tokens, temperature, top_p,
+        out = generate(model, prompts[i:i + batch_size], max_new_tokens, temperature,
                        stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id, generator=gen)
         for p, ids in zip(problems[i:i + batch_size], out.sequences()):
             hits.append(task.reward(p, tokenizer.decode(ids)))

@@ -1,0 +1,209 @@
+"""Decoding steps of Hugging Face causal LMs (the :class:`rl.lm.sampling.Decoder` protocol).
+
+:class:`HFDecoder` works for any causal LM through its own dynamic KV cache. :class:`LlamaDecoder` serves the
+Llama family (Llama, Qwen2, Qwen3, Mistral without sliding window) with a KV cache of its own and the model's
+own modules (projections, norms, MLP, rotary embedding — LoRA adapters included), for speed:
+
+- attention of one new token reads each cached key/value head once for its whole group of query heads
+  (grouped-query attention as two batched matrix products), instead of copying K/V to every query head;
+- each step reads only a window of the cache: the positions written so far, rounded up to ``window``;
+- with ``cuda_graphs`` each step is one CUDA-graph replay per (rows, cache length, window): rows are padded up
+  to a power of two (≥ 8) so that a few graphs serve every batch.
+
+Both give the logits of the model's own forward pass on the unpadded sequence (tests/test_kimi.py checks it).
+Prompts are left-padded; positions count real tokens only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LLAMA_FAMILY = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _context(config: Any) -> int:
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+
+
+def base_model(model: Any) -> Any:
+    """The ``transformers`` model under a ``peft`` wrapper (itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class HFDecoder:
+    """Any causal LM, stepped through its own dynamic KV cache (eager)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.context = model, _context(base_model(model).config)
+        self.cache: Any = None
+
+    def prefill(self, ids: Tensor, mask: Tensor, new_tokens: int) -> Tensor:
+        if ids.shape[1] + new_tokens > self.context:
+            raise ValueError(f"prompt ({ids.shape[1]}) + new tokens ({new_tokens}) exceed the model's context "
+                             f"{self.context}")
+        self.mask, self.next_pos = mask.long(), mask.sum(-1, keepdim=True)
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[:, -1]
+
+    def step(self, tok: Tensor, t: int) -> Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tok), 1)], dim=1)
+        out = self.model(input_ids=tok[:, None], attention_mask=self.mask, position_ids=self.next_pos + t,
+                         past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[:, -1]
+
+
+def _rms(norm: Any, x: Tensor) -> Tensor:
+    """An RMSNorm module of the Llama family as one fused ``F.rms_norm`` (its weight and epsilon)."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        return norm(x)
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding of x [B, T, heads, D]; cos, sin [B, T, 1, D], sin with the rotate-half signs folded in
+    (first half negative): ``x·cos + roll(x, D/2)·sin`` = the rotate-half convention in three kernels."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
+class LlamaDecoder:
+    """Fast decoding of a Llama-family model (see the module docstring). Raises ``ValueError`` for other models."""
+
+    def __init__(self, model: Any, cuda_graphs: bool = False, window: int = 64) -> None:
+        lm = base_model(model)
+        cfg = lm.config
+        if cfg.model_type not in LLAMA_FAMILY:
+            raise ValueError(f"{cfg.model_type} is not a Llama-family model ({', '.join(LLAMA_FAMILY)})")
+        if getattr(cfg, "use_sliding_window", False) or (cfg.model_type == "mistral" and cfg.sliding_window):
+            raise ValueError("sliding-window attention is not supported by the fast decoder")
+        self.lm, self.core = lm, lm.model
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.context, self.window, self.cuda_graphs = _context(cfg), window, cuda_graphs
+        self.shape: tuple[int, int] | None = None  # (rows, cache length) of the allocated cache
+        self.graphed: Any = None
+
+    def reset(self) -> None:
+        """Free the cache and the graphs (e.g. after the weights moved to other storage)."""
+        self.shape, self.graphed = None, None
+        self.k = self.v = []
+
+    def _allocate(self, rows: int, length: int, device: torch.device) -> None:
+        if self.shape == (rows, length):
+            return
+        dtype = self.core.embed_tokens.weight.dtype
+        shape = (rows, self.kv_heads, length, self.head_dim)
+        n = len(self.core.layers)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)]
+        self.valid = torch.zeros(rows, length, dtype=torch.bool, device=device)
+        self.shape, self.graphed = (rows, length), None
+
+    def _layers(self, x: Tensor, positions: Tensor, attend: Any) -> Tensor:
+        """Every decoder layer on x [B, T, hidden]; ``attend(layer_index, q, k, v)`` (each [B, T, heads, D], q already
+        scaled by 1/sqrt(D)) -> [B, T, heads · D]. Returns the last position's logits [B, V]."""
+        cos, sin = self.core.rotary_emb(x, positions)  # [B, T, D], shared by every layer
+        half = cos.shape[-1] // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
+        cos = cos[:, :, None]
+        scale = self.core.layers[0].self_attn.scaling
+        cos_q, sin_q = cos * scale, sin * scale  # the attention's 1/sqrt(D) rides on q's rotation
+        B, T, _ = x.shape
+        for i, layer in enumerate(self.core.layers):
+            a = layer.self_attn
+            h = _rms(layer.input_layernorm, x)
+            q, k, v = (proj(h).view(B, T, -1, self.head_dim) for proj in (a.q_proj, a.k_proj, a.v_proj))
+            if hasattr(a, "q_norm"):  # Qwen3: RMSNorm of each head's q and k
+                q, k = _rms(a.q_norm, q), _rms(a.k_norm, k)
+            x = x + a.o_proj(attend(i, _rotate(q, cos_q, sin_q), _rotate(k, cos, sin), v))
+            x = x + layer.mlp(_rms(layer.post_attention_layernorm, x))
+        return self.lm.lm_head(_rms(self.core.norm, x[:, -1]))
+
+    @torch.no_grad()
+    def prefill(self, ids: Tensor, mask: Tensor, new_tokens: int) -> Tensor:
+        B, W = ids.shape
+        if W + new_tokens > self.context:
+            raise ValueError(f"prompt ({W}) + new tokens ({new_tokens}) exceed the model's context {self.context}")
+        rows = max(8, 1 << (B - 1).bit_length()) if self.cuda_graphs else B
+        self._allocate(rows, _round_up(W + new_tokens, self.window), ids.device)
+        self.width, valid = W, self.valid
+        valid.zero_()
+        valid[:B, :W] = mask
+        valid[B:, W - 1] = True  # padding rows: one real token each
+        valid[:, W:] = True
+        tokens = ids.new_zeros(rows, W)
+        tokens[:B] = ids
+        positions = (valid[:, :W].long().cumsum(-1) - 1).clamp(min=0)
+        self.next_pos = positions[:, -1:] + 1
+        q_i = torch.arange(W, device=ids.device)
+        allowed = (((q_i[None, :] <= q_i[:, None])[None] & valid[:, None, :W]) | torch.eye(W, dtype=torch.bool,
+                                                                                           device=ids.device))[:, None]
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [rows, kv heads, W, D]
+            self.k[i][:, :, :W], self.v[i][:, :, :W] = k, v
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=allowed, scale=1.0,
+                                                 enable_gqa=self.heads != self.kv_heads)
+            return out.transpose(1, 2).reshape(rows, W, -1)
+
+        return self._layers(self.core.embed_tokens(tokens), positions, attend)[:B]
+
+    def _step(self, window: int, inputs: dict[str, Tensor]) -> Tensor:
+        """One token per row (a function of fixed buffers: graph-safe). inputs: tok [rows], slot [1] (the cache
+        position it goes to), pos [rows, 1] (its rotary position)."""
+        slot = inputs["slot"]
+        allowed = self.valid[:, :window] & (torch.arange(window, device=slot.device) <= slot)  # [rows, window]
+        bias = torch.zeros(allowed.shape, dtype=self.k[0].dtype, device=slot.device).masked_fill_(~allowed, float("-inf"))
+        bias = bias[:, None, None]  # [rows, 1, 1, window]
+        rows, G, D = allowed.shape[0], self.heads // self.kv_heads, self.head_dim
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            self.k[i].index_copy_(2, slot, k.transpose(1, 2))
+            self.v[i].index_copy_(2, slot, v.transpose(1, 2))
+            keys, values = self.k[i][:, :, :window], self.v[i][:, :, :window]  # [rows, kv heads, window, D]
+            scores = (q.view(rows, self.kv_heads, G, D) @ keys.transpose(-1, -2)).add_(bias)  # [rows, kvh, G, win]
+            out = scores.softmax(-1, dtype=torch.float32).to(values.dtype) @ values  # [rows, kvh, G, D]
+            return out.view(rows, 1, self.heads * D)
+
+        return self._layers(self.core.embed_tokens(inputs["tok"][:, None]), inputs["pos"], attend)
+
+    @torch.no_grad()
+    def step(self, tok: Tensor, t: int) -> Tensor:
+        rows, length = self.shape
+        slot = self.width + t
+        if slot >= length:
+            raise ValueError(f"decoding position {slot} is past the cache length {length}")
+        B = len(tok)
+        padded = tok.new_zeros(rows)
+        padded[:B] = tok
+        inputs = {"tok": padded, "slot": torch.full((1,), slot, dtype=torch.long, device=tok.device),
+                  "pos": self.next_pos + t}
+        window = min(_round_up(slot + 1, self.window), length)
+        if self.cuda_graphs and tok.is_cuda:
+            if self.graphed is None:
+                from rl.graphs import Graphed
+
+                self.graphed = Graphed(lambda key, x: self._step(key[2], x))
+            logits = self.graphed((rows, length, window), inputs)
+        else:
+            logits = self._step(window, inputs)
+        return logits[:B]
+
+
+def make_decoder(model: Any, cuda_graphs: bool = False) -> LlamaDecoder | HFDecoder:
+    """:class:`LlamaDecoder` where it applies, else :class:`HFDecoder` (which ignores ``cuda_graphs``)."""
+    try:
+        return LlamaDecoder(model, cuda_graphs=cuda_graphs)
+    except ValueError:
+        return HFDecoder(model)

@@ -194,7 +194,7 @@ CASES: dict[str, Case] = {
     # -- task files (LLM tasks) ------------------------------------------------------------------------
     "task file missing": Case("env=jsonl: env.kwargs.path=missing.jsonl: no such file",
                               ("agent=kimi", "env=jsonl", "env.kwargs.path=missing.jsonl"), base=False),
-    "task file with a bad row": Case("env=jsonl: bad.jsonl:2: expected a JSON object with 'prompt' and 'answer'",
+    "task file with a bad row": Case("env=jsonl: bad.jsonl:2: expected a JSON object with 'prompt'",
                                      ("agent=kimi", "env=jsonl", "env.kwargs.path=bad.jsonl"), base=False,
                                      setup=write("bad.jsonl", b'{"prompt": "1+1=", "answer": "2"}\nnot json\n')),
     # -- signals ---------------------------------------------------------------------------------------

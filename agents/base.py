@@ -13,6 +13,7 @@ Notebook API (Stable-Baselines3 style)
 
 from __future__ import annotations
 
+import numbers
 import re
 from abc import ABCMeta, abstractmethod
 from dataclasses import replace
@@ -22,13 +23,15 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from rl import checkpoint
 from rl.buffers import ReplayBuffer
 from rl.collector import transition_spec
 from rl.config import (AGENTS, AgentConfig, BufferConfig, Config, ConfigError, EnvConfig, LoggerConfig,
-                       TrainerConfig, from_yaml, to_config)
+                       TrainerConfig, check, from_yaml, one_line, to_config)
 from rl.trainer import Trainer, env_collector, env_evaluator, resolve_device
 
 
@@ -157,7 +160,11 @@ class Agent(nn.Module, metaclass=ABCMeta):
         """Build an agent for gymnasium id ``env`` (``num_envs`` copies when it learns) with this class's
         config, overridden by ``hyperparameters``."""
         name = re.sub(r"[^a-z0-9]+", "_", env.lower()).strip("_")
-        cfg = Config(agent=cls.config_cls(**hyperparameters), env=EnvConfig(name=name, id=env, num_envs=num_envs),
+        try:  # the same key and type checks as the command line's (a typo is an error, not a silent default)
+            agent_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.config_cls), hyperparameters))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{cls.__name__}: {one_line(e)}") from None
+        cfg = Config(agent=agent_cfg, env=EnvConfig(name=name, id=env, num_envs=num_envs),
                      buffer=BufferConfig(), trainer=TrainerConfig(), logger=LoggerConfig(), seed=seed,
                      device=device)
         agent = build_agent(to_config(cfg))
@@ -169,7 +176,12 @@ class Agent(nn.Module, metaclass=ABCMeta):
         """Train for ``total_steps`` more environment steps; repeated calls continue the same run."""
         if self.run_config is None:
             raise ConfigError("this agent has no environment: build it with from_env(...) or load(...)")
-        if self._trainer is None or trainer or log_dir is not None:
+        check(isinstance(total_steps, numbers.Integral) and total_steps > 0, f"learn(total_steps) must be a positive number of "
+              f"steps, got {total_steps!r}")
+        same_dir = self._trainer is not None and log_dir is not None and self._trainer.run_dir == Path(log_dir)
+        if log_dir is not None and not same_dir and checkpoint.holds_run(log_dir):
+            raise ConfigError(f"{log_dir} already holds a run; pick a new log_dir (nothing was written)")
+        if self._trainer is None or trainer or (log_dir is not None and not same_dir):
             if self._trainer is not None:
                 self._trainer.close()
             cfg = replace(self.run_config, trainer=replace(self.run_config.trainer, **trainer))
@@ -188,7 +200,10 @@ class Agent(nn.Module, metaclass=ABCMeta):
         """Action(s) for one observation or a batch of them (numpy in, numpy out)."""
         x = torch.as_tensor(np.asarray(obs), device=self.device)
         x = x.to(torch.float32) if isinstance(self.obs_space, gym.spaces.Box) else x.long()
-        single = x.shape == tuple(self.obs_space.shape)
+        shape = tuple(self.obs_space.shape)
+        single = x.shape == shape
+        check(single or tuple(x.shape[1:]) == shape, f"predict expects one observation of shape {shape} or a batch "
+                                                     f"of shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
         action, _ = self.act(x.unsqueeze(0) if single else x, explore=not deterministic)
         action = action.cpu().numpy()
         return action[0] if single else action
@@ -199,13 +214,16 @@ class Agent(nn.Module, metaclass=ABCMeta):
 
         if self.run_config is None:
             raise ConfigError("cannot save an agent built without a run config (use from_env)")
-        return checkpoint.atomic_save({"config": to_yaml(self.run_config), "spaces": self.describe_spaces(),
-                                       "agent": self.state()}, path)
+        try:
+            return checkpoint.atomic_save({"version": checkpoint.FORMAT, "config": to_yaml(self.run_config),
+                                           "spaces": self.describe_spaces(), "agent": self.state()}, path)
+        except OSError as e:
+            raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "Agent":
-        """Load what :meth:`save` wrote, or a trainer checkpoint (a run directory works too)."""
-        state = checkpoint.load(checkpoint.resolve(path))
+        """Load what :meth:`save` wrote, or a trainer checkpoint (a run directory: its newest complete one)."""
+        state = checkpoint.load_newest(path).state
         cfg = from_yaml(state["config"])
         cfg = replace(cfg, device=device)
         agent_cls = AGENTS[cfg.agent.name][0]
@@ -214,7 +232,11 @@ class Agent(nn.Module, metaclass=ABCMeta):
         agent = agent_cls(rebuild_space(state["spaces"]["obs"]), rebuild_space(state["spaces"]["action"]),
                           cfg.agent, resolve_device(device))
         agent.run_config = cfg
-        agent.load_state(state["agent"])
+        try:
+            agent.load_state(state["agent"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ConfigError(f"{path} does not fit a {agent_cls.__name__} as its config describes it: "
+                              f"{checkpoint.first_line(e)}") from None
         return agent
 
 

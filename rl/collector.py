@@ -44,6 +44,16 @@ def transition_spec(obs_space: gym.Space, act_space: gym.Space, extra: dict | No
     return {**spec, **(extra or {})}
 
 
+def box_clip(space: gym.Space, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """What the env receives: an action clipped to the Box ``[low, high]`` (identity for other spaces). The
+    collectors store the action as the agent chose it (a Gaussian policy's sample, whose log-probability the
+    learner needs) and send this clipped copy to ``env.step``, as Stable-Baselines3 does."""
+    if not isinstance(space, gym.spaces.Box):
+        return lambda action: action
+    low, high = (torch.as_tensor(b, dtype=torch.float32, device=device) for b in (space.low, space.high))
+    return lambda action: torch.clamp(action, low, high)
+
+
 class VectorEnvCollector:
     """Steps a gymnasium vector env one step per ``collect`` and stores ``num_envs`` transitions."""
 
@@ -51,6 +61,7 @@ class VectorEnvCollector:
         self.envs, self.device = envs, device
         self.n = envs.num_envs
         self.act_space = envs.single_action_space
+        self.clip = box_clip(self.act_space, device)
         obs_spec = space_spec(envs.single_observation_space)
         self.obs_dtype = obs_spec[1]
         obs, _ = envs.reset(seed=seed)
@@ -106,7 +117,7 @@ class VectorEnvCollector:
         else:
             with torch.no_grad():
                 action, extras = agent.explore(self.obs)
-        host_action = action.cpu().numpy()
+        host_action = self.clip(action).cpu().numpy()
         if during is not None:
             during(self.n)
         next_obs, reward, terminated, truncated, info = self.envs.step(host_action)
@@ -174,6 +185,7 @@ class TorchEnvCollector:
     def __init__(self, env: Any, seed: int) -> None:
         self.env, self.n, self.device = env, env.num_envs, env.device
         self.act_space = env.single_action_space
+        self.clip = box_clip(self.act_space, self.device)
         self.obs = env.reset(seed=seed).clone()
         self.ep_return = torch.zeros(self.n, device=self.device)
         self.ep_length = torch.zeros(self.n, device=self.device)
@@ -190,8 +202,8 @@ class TorchEnvCollector:
         return True
 
     def _step(self, action: Tensor) -> tuple[Tensor, ...]:
-        """The env step and the episode bookkeeping: device work only, in place."""
-        next_obs, reward, terminated, truncated, final_obs = step_in_place(self.env, action)
+        """The env step (of the clipped action) and the episode bookkeeping: device work only, in place."""
+        next_obs, reward, terminated, truncated, final_obs = step_in_place(self.env, self.clip(action))
         self.ep_return += reward
         self.ep_length += 1
         done = (terminated | truncated).float()
@@ -249,6 +261,7 @@ def evaluate_policy(agent: Any, envs: VectorEnv, episodes: int, seed: int, devic
     """
     n, returns = envs.num_envs, []
     dtype = space_spec(envs.single_observation_space)[1]
+    clip = box_clip(envs.single_action_space, device)
     for round_ in range((episodes + n - 1) // n):
         obs, _ = envs.reset(seed=seed + round_ * n)
         ret, done = np.zeros(n), np.zeros(n, dtype=bool)
@@ -256,7 +269,7 @@ def evaluate_policy(agent: Any, envs: VectorEnv, episodes: int, seed: int, devic
             if done.all():
                 break
             action, _ = agent.act(torch.as_tensor(obs, device=device, dtype=dtype), explore=False)
-            obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
+            obs, reward, terminated, truncated, _ = envs.step(clip(action).cpu().numpy())
             ret += np.where(done, 0.0, reward)
             done |= terminated | truncated
         returns.extend(ret.tolist())

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,7 @@ class TrainerConfig:
     eval_every: int = 5_000  # env steps between evaluations (0: only at the end)
     eval_episodes: int = 10
     checkpoint_every: int = 10_000  # env steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2  # complete checkpoints kept (the newest, and the ones to fall back to if it is corrupt)
     progress: bool = True  # progress bar (tqdm; works in Jupyter)
     resume: Optional[str] = None  # run directory or checkpoint file to continue from
     compile: bool = False  # CUDA graphs: each update and each exploring action is one graph replay (device=cuda)
@@ -97,6 +99,7 @@ class TrainerConfig:
         non_negative("trainer.eval_every", self.eval_every)
         positive("trainer.eval_episodes", self.eval_episodes)
         non_negative("trainer.checkpoint_every", self.checkpoint_every)
+        positive("trainer.keep_checkpoints", self.keep_checkpoints)
 
 
 @dataclass
@@ -155,13 +158,42 @@ register_schemas()
 
 
 def to_config(cfg: DictConfig | Config) -> Config:
-    """Hydra's DictConfig → typed :class:`Config` (runs every ``__post_init__`` check)."""
+    """Hydra's DictConfig → typed :class:`Config` (runs every ``__post_init__`` check). A key the schema does not
+    know (``+agent.foo=1`` gets past Hydra's struct mode) is refused rather than dropped."""
     if isinstance(cfg, Config):
         return cfg
     obj = OmegaConf.to_object(cfg)
     if not isinstance(obj, Config):  # composed without the schema (e.g. a bare dict)
         raise ConfigError("config was not composed from conf/config.yaml's schema")
+    unknown = sorted(set(_leaves(OmegaConf.to_container(cfg))) - set(_leaves(OmegaConf.to_container(
+        OmegaConf.structured(obj)))))
+    check(not unknown, f"unknown config key(s) {', '.join(unknown)}: no such setting (rl-train --help lists them)")
     return obj
+
+
+def _leaves(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict) or not node:
+        return [prefix.rstrip(".")]
+    return [k for key, v in node.items() for k in _leaves(v, f"{prefix}{key}.")]
+
+
+_NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config", "See https://hydra.cc",
+          "Config search path:", "provider=")
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages (and their cause's) as one line; option lists joined by commas."""
+    text = str(error) + (f"\n{error.__cause__}" if error.__cause__ is not None else "")
+    parts: list[str] = []
+    for line in text.splitlines():
+        item = line.strip()
+        if not item or item.startswith(_NOISE):
+            continue
+        if line.startswith("\t") and parts:  # an item of the option list the previous line announced
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + item
+        else:
+            parts.append(item.rstrip("."))
+    return "; ".join(parts)
 
 
 def to_yaml(cfg: Config) -> str:
@@ -170,13 +202,19 @@ def to_yaml(cfg: Config) -> str:
 
 def from_yaml(text: str) -> Config:
     """Rebuild a typed :class:`Config` from :func:`to_yaml`'s output (e.g. a checkpoint's)."""
-    raw = OmegaConf.create(text)
-    name = raw.agent.name
+    try:
+        raw = OmegaConf.create(text)
+    except Exception as e:  # not YAML at all (a damaged or foreign file)
+        raise ConfigError(f"the saved config is not readable YAML: {one_line(e)}") from None
+    name = OmegaConf.select(raw, "agent.name") if isinstance(raw, DictConfig) else None
     if name not in AGENTS:
         raise ConfigError(f"unknown agent {name!r}; known: {', '.join(sorted(AGENTS))}")
     schema = OmegaConf.structured(Config(agent=AGENTS[name][1](), env=EnvConfig(), buffer=BufferConfig(),
                                          trainer=TrainerConfig(), logger=LoggerConfig()))
-    return to_config(OmegaConf.merge(schema, raw))
+    try:
+        return to_config(OmegaConf.merge(schema, raw))
+    except OmegaConfBaseException as e:  # e.g. a key a newer version added
+        raise ConfigError(f"the saved config does not fit this version of actorzoo: {one_line(e)}") from None
 
 
 def flat(cfg: Config) -> dict[str, Any]:

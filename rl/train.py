@@ -23,37 +23,83 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import agents  # noqa: F401  (registers every agent with the config store)
 import envs  # noqa: F401  (registers the zoo's environments)
 from agents.base import build_agent
 from rl import checkpoint, distributed
-from rl.config import Config, ConfigError, from_yaml, to_config
-from rl.trainer import Trainer
+from rl.config import Config, ConfigError, check, flat, from_yaml, one_line, to_config
+from rl.trainer import Diverged, Trainer, with_trainer
 
 
-def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps: int | None = None) -> dict[str, Any]:
+# What a resumed run may change: how long it runs, where, and how often it logs, evaluates and checkpoints. All else
+# (agent, env, buffer, seed, learning settings) defines the run; a resume that changes it is refused, naming the keys.
+RESUME_MAY_CHANGE = ("trainer.total_steps", "device", "trainer.progress", "trainer.threads", "trainer.compile",
+                     "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes", "trainer.checkpoint_every",
+                     "trainer.keep_checkpoints", "logger.tensorboard", "logger.hparams")
+
+
+def resume_config(saved: Config, given: Config, keys: Iterable[str] | None = None
+                  ) -> tuple[Config, dict[str, tuple[Any, Any]]]:
+    """The config a resumed run continues with: ``saved``, with the settings where ``given`` differs applied when
+    :data:`RESUME_MAY_CHANGE` lists them; any other difference raises :class:`ConfigError` naming every differing
+    key. ``keys``: the keys the user set (each with everything below it, e.g. ``agent``); None: all of them.
+    Returns (config, {key: (saved value, new value)} of the changes applied)."""
+    old, new = flat(saved), flat(given)
+
+    def under(key: str, given_key: str) -> bool:
+        return key == given_key or key.startswith(given_key + ".")
+
+    if keys is not None:
+        keys = [k for k in keys if k != "trainer.resume"]
+        stray = [g for g in keys if not any(under(k, g) for k in new)]
+        check(not stray, f"{', '.join(stray)} cannot apply to a resumed run: it continues with its saved config "
+                         "(presets such as +experiment=... only start new runs)")
+    diff = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if k != "trainer.resume" and old.get(k) != new.get(k) and (keys is None or any(under(k, g) for g in keys))}
+    refused = [k for k in diff if k not in RESUME_MAY_CHANGE]
+    check(not refused, "a resumed run keeps its settings, and these differ from the saved ones: "
+          + ", ".join(f"{k} (saved {diff[k][0]}, given {diff[k][1]})" for k in refused)
+          + f"; on resume only {', '.join(RESUME_MAY_CHANGE)} may change (start a new run to change the others)")
+    merged, wanted = OmegaConf.structured(saved), OmegaConf.structured(given)
+    for k in diff:
+        OmegaConf.update(merged, k, OmegaConf.select(wanted, k), merge=False)
+    return to_config(merged), diff
+
+
+def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps: int | None = None,
+        given: Iterable[str] | None = None) -> dict[str, Any]:
     """Build everything ``cfg`` describes and train. Returns the final step, evaluation and signal (if any).
 
-    With ``cfg.trainer.resume`` set, the run continues from that checkpoint in its own directory with
-    its saved config; ``total_steps`` (if given) replaces the saved total.
+    With ``cfg.trainer.resume`` set, the run continues from the newest complete checkpoint there, in its own
+    directory, with its saved config; settings of ``cfg`` that differ are applied or refused by
+    :func:`resume_config` (``given``: the keys the user set; the command line passes its overrides; None
+    compares every key). ``total_steps`` (if given) replaces ``cfg.trainer.total_steps``.
     """
     cfg = to_config(cfg)
     group = distributed.init(cfg.device)
-    resume = None
+    if total_steps is not None:
+        cfg = with_trainer(cfg, total_steps=total_steps)
+        given = None if given is None else [*given, "trainer.total_steps"]
+    unit, changes = None, {}
     if cfg.trainer.resume:
-        resume = checkpoint.resolve(cfg.trainer.resume)
-        saved = from_yaml(checkpoint.load(resume)["config"])
-        trainer = replace(saved.trainer, resume=str(resume), progress=cfg.trainer.progress,
-                          total_steps=total_steps or saved.trainer.total_steps)
-        cfg, run_dir = replace(saved, trainer=trainer, device=cfg.device), resume.parent
-    elif run_dir is not None and (Path(run_dir) / checkpoint.CHECKPOINT_NAME).exists():
+        unit = checkpoint.load_for_resume(cfg.trainer.resume)
+        run_dir = unit.path.parent
+        cfg, changes = resume_config(from_yaml(unit.state["config"]), cfg, given)
+        cfg = with_trainer(cfg, resume=str(unit.path))
+        step = int(unit.state["trainer"]["step"])
+        check(step < cfg.trainer.total_steps, f"{run_dir} already reached trainer.total_steps="
+              f"{cfg.trainer.total_steps} (step {step}): give a larger trainer.total_steps to continue it")
+    elif run_dir is not None and checkpoint.holds_run(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; pick a new directory or resume it with "
                           f"trainer.resume={run_dir}")
     if group.world > 1:
@@ -64,9 +110,11 @@ def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps
     agent = build_agent(cfg)
     trainer = Trainer(cfg, agent, run_dir)
     try:
-        if resume is not None:
-            trainer.load_checkpoint(resume)
-            print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+        if unit is not None:
+            trainer.load_checkpoint(unit)
+            changed = ", ".join(f"{k} {a} → {b}" for k, (a, b) in changes.items())
+            print(f"resuming {run_dir} at step {trainer.step}" + (f" (changed: {changed})" if changed else ""),
+                  file=sys.stderr)
         return trainer.run()
     finally:
         trainer.close()
@@ -101,13 +149,14 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    given = [o.split("=", 1)[1] for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") == "trainer.total_steps"]
+    given = [k for k in (o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task) if not k.startswith("hydra.")]
     try:
-        result = run(cfg, run_dir, total_steps=int(given[-1]) if given else None)
+        result = run(cfg, run_dir, given=given)
     except ConfigError as e:
         _discard_empty_run_dir(run_dir)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
+    except Diverged as e:
+        fail(str(e), code=3)
     if cfg.trainer.resume:  # the run went on in its own directory: drop the one Hydra made for this call
         _discard_empty_run_dir(run_dir)
         run_dir = checkpoint.resolve(cfg.trainer.resume).parent
@@ -116,6 +165,12 @@ def _hydra_main(cfg: DictConfig) -> None:
     summary = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
                         if k != "interrupted")
     print(f"done: {summary} ({run_dir})")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """The command line's end for bad input (code 2) or a diverged run (3): one line on stderr."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 _ENV_ID = re.compile(r"env=((?:[\w.-]+/)?[\w.:-]+-v\d+)")
@@ -138,10 +193,8 @@ def refuse_existing_run_dir(argv: list[str]) -> None:
     ``.hydra/`` record (Hydra writes it before any of our code runs)."""
     keys = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
     run_dir = keys.get("hydra.run.dir")
-    if run_dir and not keys.get("trainer.resume") and (Path(run_dir) / checkpoint.CHECKPOINT_NAME).exists():
-        print(f"error: {run_dir} already holds a run; pick a new directory or resume it with "
-              f"trainer.resume={run_dir}", file=sys.stderr)
-        sys.exit(2)
+    if run_dir and not keys.get("trainer.resume") and checkpoint.holds_run(run_dir):
+        fail(f"{run_dir} already holds a run; pick a new directory or resume it with trainer.resume={run_dir}")
 
 
 PLUGINS = {"hydra/launcher": {"joblib": "hydra_plugins.hydra_joblib_launcher",
@@ -178,14 +231,28 @@ def join_ranks(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    """``python -m rl.train``: every error of the user's making ends in one line on stderr and exit code 2."""
     sys.argv[1:] = expand_env_ids(sys.argv[1:])
     check_plugins(sys.argv[1:])
     refuse_existing_run_dir(sys.argv[1:])
     sys.argv[1:] = join_ranks(sys.argv[1:])
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors to us instead of printing them over many lines
     try:
         _hydra_main()
+    except (HydraException, OmegaConfBaseException) as e:  # composing the config: a typo, a wrong type, a bad group
+        fail(one_line(e))
+    except OSError as e:  # Hydra making or writing the run directory (a file in the way, read-only, disk full)
+        fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    except KeyboardInterrupt:
+        fail("interrupted twice: stopped at once, without a new checkpoint (the newest complete one is intact)",
+             code=130)
     finally:
         distributed.shutdown()
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 if __name__ == "__main__":

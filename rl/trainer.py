@@ -29,6 +29,10 @@ from rl.logging import Logger, MetricAccumulator
 Evaluator = Callable[[Any], dict[str, float]]
 
 
+class Diverged(RuntimeError):
+    """A loss or a parameter became NaN or infinite: the run stopped and wrote no checkpoint holding it."""
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,8 +72,6 @@ class Trainer:
         self.cfg, self.agent, self.device = cfg, agent, agent.device
         self.group = getattr(agent, "group", distributed.SINGLE)  # torchrun: rank 0 logs and writes checkpoints
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        if cfg.trainer.threads > 0:
-            torch.set_num_threads(cfg.trainer.threads)
         if cfg.trainer.overlap and not agent.off_policy:
             raise ConfigError(f"trainer.overlap=true needs an off-policy agent (replayed data); {type(agent).__name__} "
                               "learns from its current policy's steps")
@@ -90,18 +92,24 @@ class Trainer:
         self.episodes = 0
         self.last_return = math.nan
         self.last_eval: dict[str, float] = {}
+        self.last_log_step = 0  # the step of the previous scalar log (the NaN guard names the window)
+        self.saved: tuple[int, Path] | None = None  # (step, file) of the newest checkpoint written or loaded
         self._signal: int | None = None  # a SIGINT/SIGTERM this process received
         self._stop: int | None = None  # the signal every rank stops for (after the iteration that saw it)
         self._hparams_logged = False
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, total_steps: int | None = None) -> dict[str, Any]:
-        """Train until ``total_steps`` (default ``cfg.trainer.total_steps``) or a SIGINT/SIGTERM."""
+        """Train until ``total_steps`` (default ``cfg.trainer.total_steps``) or a SIGINT/SIGTERM. A loss or a
+        parameter that turns NaN or infinite stops the run with :class:`Diverged`, before any checkpoint holds it."""
         tc = self.cfg.trainer
         total = total_steps if total_steps is not None else tc.total_steps
         if not self._hparams_logged and self.step == 0 and self.cfg.logger.hparams:
             self.logger.hparams(flat(self.cfg), ["eval/return_mean", "charts/episodic_return"])
             self._hparams_logged = True
+        threads = torch.get_num_threads()
+        if tc.threads > 0:  # for this run only: a notebook gets its own setting back afterwards
+            torch.set_num_threads(tc.threads)
         previous = self._install_signal_handlers()
         bar = _progress(total, self.step, tc.progress and self.group.main)
         t_log, s_log = time.perf_counter(), self.step
@@ -131,19 +139,20 @@ class Trainer:
                 if crossed(before, self.step, tc.checkpoint_every) and self.step < total:
                     self.save_checkpoint()
                 self._share_signal()
+            sps = (self.step - s_start) / max(time.perf_counter() - t_start, 1e-9)  # the loop alone
+            if self._stop is None:
+                self.evaluate()
+                self._share_signal()  # a signal during this evaluation is reported below; the checkpoint follows
+            path = self.save_checkpoint()
         finally:
             bar.close()
             self._restore_signal_handlers(previous)
-        sps = (self.step - s_start) / max(time.perf_counter() - t_start, 1e-9)  # the loop alone
+            torch.set_num_threads(threads)
         if self._stop is not None:
-            path = self.save_checkpoint()
             name = signal.Signals(self._stop).name
             where = f"; checkpoint saved to {path}; continue with trainer.resume={self.run_dir}" if path else ""
             if self.group.main:
                 print(f"interrupted by {name} at step {self.step}{where}", file=sys.stderr)
-        else:
-            self.evaluate()
-            self.save_checkpoint()
         self.logger.flush()
         self.group.barrier()  # under torchrun: every rank ends together (a rank that exits early looks failed)
         return {"step": self.step, "sps": sps, "interrupted": self._stop, **self.last_eval}
@@ -160,6 +169,7 @@ class Trainer:
             self.metrics.add(self.agent.update(batch))
 
     def evaluate(self) -> dict[str, float]:
+        self.check_finite()
         self.last_eval = self.evaluator(self.agent)  # plain keys go under eval/, "group/name" keys as they are
         self.logger.scalars({k if "/" in k else f"eval/{k}": v for k, v in self.last_eval.items()}, self.step)
         return self.last_eval
@@ -171,7 +181,12 @@ class Trainer:
             self.logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, self.step)
 
     def _log_scalars(self, extra: dict[str, float], bar: Any) -> None:
-        values = {f"losses/{k}": v for k, v in self.metrics.means().items()}
+        values = {f"losses/{k}": v for k, v in self.metrics.means().items()}  # the log step's one host sync
+        bad = [f"{k} = {v}" for k, v in values.items() if not math.isfinite(v)]
+        if self._any_rank(bool(bad)):
+            raise Diverged(self._diverged(", ".join(bad or ["a loss of another process"])
+                                          + f" (mean over steps {self.last_log_step}-{self.step})"))
+        self.last_log_step = self.step
         values.update(extra)
         if self.device.type == "cuda":  # this process's peak so far (a host-side counter: no sync)
             values["charts/gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
@@ -215,10 +230,37 @@ class Trainer:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
+    # -- the NaN/inf guard -------------------------------------------------------------------------
+    def check_finite(self) -> None:
+        """Raise :class:`Diverged` if a loss accumulated since the last log or a parameter (or buffer) of the agent
+        is NaN or infinite. One host sync; called before evaluations and checkpoints, which sync anyway."""
+        tensors = {f"losses/{k}": v for k, v in self.metrics.sums.items()}
+        tensors.update({f"parameter {k}": v for k, v in self.agent.state_dict().items() if v.is_floating_point()})
+        local = [v.to_local() if hasattr(v, "to_local") else v for v in tensors.values()]  # FSDP: this rank's shard
+        finite = torch.stack([torch.isfinite(v).all() for v in local]).tolist() if local else []
+        bad = [name for name, ok in zip(tensors, finite) if not ok]
+        if self._any_rank(bool(bad)):
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise Diverged(self._diverged(", ".join(bad[:3] or ["a tensor of another process"]) + more + " not finite"))
+
+    def _any_rank(self, bad: bool) -> bool:
+        """Whether any process saw ``bad``: under torchrun every rank must stop at the same step (one all-reduce,
+        at log, evaluation and checkpoint time only)."""
+        if self.group.world == 1:
+            return bad
+        flag = torch.tensor([int(bad)], device=self.device)
+        self.group.all_reduce(flag, "max")
+        return bool(flag.item())
+
+    def _diverged(self, what: str) -> str:
+        last = (f"the last good checkpoint, {self.saved[1]} (step {self.saved[0]}), is untouched"
+                if self.saved is not None else "no checkpoint was written")
+        return f"training diverged at step {self.step}: {what}; stopped ({last})"
+
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "version": 1,
+            "version": checkpoint.FORMAT,
             "config": to_yaml(self.cfg),
             "spaces": self.agent.describe_spaces(),
             "agent": self.agent.state(),
@@ -229,37 +271,43 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoint.pt`` (and ``buffer.pt``) atomically into the run directory. Under torchrun every
-        rank gathers its part of the state and rank 0 alone writes."""
+        """Write one checkpoint unit for this step into the run directory (:func:`rl.checkpoint.save_unit`):
+        refused, with :class:`Diverged`, when a loss or a parameter is not finite. Under torchrun every rank
+        gathers its part of the state and rank 0 alone writes."""
         if self.run_dir is None:
             return None
+        if self.saved is not None and self.saved[0] == self.step:  # e.g. a signal right after a periodic save
+            return self.saved[1]
+        self.check_finite()
         state = self.state_dict()
-        path = None
+        path = checkpoint.unit_path(self.run_dir, self.step)
         if self.group.main:
-            if self.cfg.buffer.checkpoint and hasattr(self.storage, "state_dict"):
-                checkpoint.atomic_save({"step": self.step, "storage": self.storage.state_dict()},
-                                       self.run_dir / "buffer.pt")
-                state["buffer_file"] = "buffer.pt"
-            path = checkpoint.atomic_save(state, self.run_dir / checkpoint.CHECKPOINT_NAME)
+            buffer = self.storage.state_dict() if self.cfg.buffer.checkpoint and hasattr(self.storage, "state_dict") \
+                else None
+            path = checkpoint.save_unit(self.run_dir, self.step, state, buffer, keep=self.cfg.trainer.keep_checkpoints)
         self.group.barrier()
-        return path or self.run_dir / checkpoint.CHECKPOINT_NAME
+        self.saved = (self.step, path)
+        return path
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        path = checkpoint.resolve(path)
-        state = checkpoint.load(path)  # on the host: each part moves what it keeps to its own device
-        self.agent.load_state(state["agent"])
+    def load_checkpoint(self, path: str | Path | checkpoint.Unit) -> Path:
+        """Continue from a checkpoint unit: one read by :func:`rl.checkpoint.load_for_resume`, or the newest
+        complete one under ``path`` (a run directory or a checkpoint file). Returns the file it came from."""
+        unit = path if isinstance(path, checkpoint.Unit) else checkpoint.load_for_resume(path, "cpu")
+        state = unit.state
+        try:
+            self.agent.load_state(state["agent"])
+            self.collector.load_state_dict(state["collector"])
+            if unit.buffer is not None:
+                self.storage.load_state_dict(unit.buffer)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ConfigError(f"{unit.path} does not fit this agent and env: {checkpoint.first_line(e)}") from None
         t = state["trainer"]
         self.step, self.update_credit = int(t["step"]), float(t["update_credit"])
         self.episodes, self.last_return = int(t["episodes"]), float(t["last_return"])
-        self.collector.load_state_dict(state["collector"])
-        if "buffer_file" in state:
-            buf = checkpoint.load(path.parent / state["buffer_file"])
-            if buf["step"] != self.step:
-                raise ConfigError(f"{path.parent / state['buffer_file']} is from step {buf['step']}, "
-                                  f"the checkpoint from step {self.step}")
-            self.storage.load_state_dict(buf["storage"])
         set_rng_state(state["rng"])
         self._hparams_logged = True
+        self.saved, self.last_log_step = (self.step, unit.path), self.step
+        return unit.path
 
     def close(self) -> None:
         self.collector.close()

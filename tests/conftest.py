@@ -26,3 +26,26 @@ TINY = ["trainer.total_steps=600", "trainer.learning_starts=200", "trainer.eval_
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+def run_main(*args: str, cwd: Path) -> tuple[int, str, str]:
+    """``python -m rl.train args...`` inside this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from rl import train
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, here = sys.argv, os.getcwd()
+    sys.argv = ["rl.train", *args]
+    os.chdir(cwd)
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            train.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+    return code, out.getvalue(), err.getvalue()

@@ -31,3 +31,24 @@ def test_profile_reports_the_parts_of_the_loop():
     assert "total" in proc.stdout
     for part in ("explore", "env.step", "storage.add", "agent.update"):
         assert f"{part}" in proc.stdout
+
+
+def test_soak_samples_memory_and_stops_the_run_itself(tmp_path, monkeypatch, capsys):
+    """In this process (the script's SIGINT reaches the trainer's handler, as in a process of its own)."""
+    import pytest
+
+    from scripts import soak
+
+    out = tmp_path / "soak.json"
+    overrides = [a for a in TINY if not a.startswith("trainer.total_steps")]
+    monkeypatch.setattr(sys, "argv", ["soak.py", *overrides, "--minutes", "0.04", "--every", "0.4", "--run-dir",
+                                      str(tmp_path / "run"), "--json", str(out)])
+    with pytest.raises(SystemExit) as exit_:
+        soak.main()
+    assert exit_.value.code in (0, 1)  # 1: not flat, which two seconds need not be
+    record = json.loads(out.read_text())
+    assert record["steps"] > 400 and record["end"]["t"] >= 2.4 and len(record["samples"]) >= 5
+    assert record["start"]["rss_mib"] > 0 and set(record["second_half_drift"]) == {"rss_mib"}
+    captured = capsys.readouterr()
+    assert "interrupted by SIGINT" in captured.err and "rss_mib: start" in captured.out
+    assert (tmp_path / "run" / "checkpoint.pt").exists()

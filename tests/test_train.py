@@ -46,7 +46,11 @@ def test_tensorboard_tags_and_values(tmp_path):
     # losses are logged from step learning_starts (first update at step 200) on, as window means
     assert [e.step for e in ea.Scalars("losses/critic")] == [200, 400, 600]
     assert "hparams" in ea.PluginTagToContent("hparams") or ea.PluginTagToContent("hparams")
-    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "buffer.pt").exists()
+    # one unit per checkpoint (300 and the final 600), checkpoint.pt = the newest one, under a stable name
+    assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == [
+        "checkpoint-300.buffer.pt", "checkpoint-300.pt", "checkpoint-600.buffer.pt", "checkpoint-600.pt",
+        "checkpoint.pt"]
+    assert (tmp_path / "checkpoint.pt").samefile(tmp_path / "checkpoint-600.pt")
 
 
 def params(agent):
@@ -160,3 +164,16 @@ def test_overlap_refused_for_on_policy_agents():
     cfg = replace(tiny_config(overlap=True), agent=A2CConfig(), env=EnvConfig(name="cartpole", id="CartPole-v1"))
     with pytest.raises(ConfigError, match="trainer.overlap=true needs an off-policy agent"):
         run(cfg)
+
+
+def test_threads_setting_holds_for_the_run_only():
+    from agents.base import build_agent
+    from rl.trainer import Trainer
+
+    seen = []
+    cfg = tiny_config(total_steps=5, threads=2)  # warm-up steps only: two threads on a busy machine are slow
+    torch.set_num_threads(1)
+    trainer = Trainer(cfg, build_agent(cfg), None, evaluator=lambda agent: seen.append(torch.get_num_threads()) or {})
+    assert torch.get_num_threads() == 1  # building a trainer (or an agent) leaves the process's setting alone
+    trainer.run()
+    assert seen == [2] and torch.get_num_threads() == 1  # the run used its own, then gave the old one back

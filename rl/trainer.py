@@ -281,11 +281,19 @@ class Trainer:
         self.check_finite()
         state = self.state_dict()
         path = checkpoint.unit_path(self.run_dir, self.step)
+        failure: Exception | None = None
         if self.group.main:
             buffer = self.storage.state_dict() if self.cfg.buffer.checkpoint and hasattr(self.storage, "state_dict") \
                 else None
-            path = checkpoint.save_unit(self.run_dir, self.step, state, buffer, keep=self.cfg.trainer.keep_checkpoints)
-        self.group.barrier()
+            try:
+                path = checkpoint.save_unit(self.run_dir, self.step, state, buffer, keep=self.cfg.trainer.keep_checkpoints)
+            except Exception as e:  # noqa: BLE001 — every rank must learn of it, or the others wait forever
+                failure = e
+        message = self.group.broadcast(None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise ConfigError(f"rank 0 could not write the step-{self.step} checkpoint: {message}")
         self.saved = (self.step, path)
         return path
 

@@ -941,3 +941,38 @@ def test_default_cli_run_learns(tmp_path, env, gains):
     summary = dict(kv.split("=") for kv in out.stdout.split("done: ")[1].split(" (")[0].split(", "))
     for key, min_gain in gains.items():
         assert float(summary[key]) >= float(summary[f"start_{key}"]) + min_gain, (key, out.stdout)
+
+
+@pytest.mark.slow
+def test_kimi_vs_trl_smoke(tmp_path):
+    """scripts/kimi_vs_trl.py end to end with tiny settings on the CPU (SFT, then both sides one after the other)."""
+    from tests.conftest import ROOT
+
+    pytest.importorskip("trl")
+    proc = subprocess.run([sys.executable, "scripts/kimi_vs_trl.py", "--device", "cpu", "--minutes", "0.1",
+                           "--layers", "1", "--hidden", "32", "--heads", "2", "--sft-steps", "40", "--sft-check", "20",
+                           "--prompts", "4", "--k", "2", "--eval-problems", "16", "--eval-every", "3",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "kimi_vs_trl.json").read_text())
+    for side in ("ours", "trl"):
+        curve = result[side]["curve"]
+        assert len(curve) >= 2 and curve[0]["seconds"] == 0 and curve[-1]["samples"] > 0
+        assert all(0 <= c["accuracy"] <= 1 for c in curve)
+
+
+@pytest.mark.slow
+def test_scale_kimi_smoke(tmp_path):
+    """scripts/scale_kimi.py with gloo on the CPU: one process (two seeds) and two (DDP, FSDP2) give the same reward
+    curve for the same seed; SIGTERM to one rank, then the resume reaches the total step count."""
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "scripts/scale_kimi.py", "--shape", "tiny", "--dtype", "float32",
+                           "--device", "cpu", "--prompts", "4", "--k", "2", "--max-new-tokens", "8", "--iterations", "3",
+                           "--kill-after", "1", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "scale_kimi.json").read_text())
+    assert r["ddp"]["reward"] == pytest.approx(r["1gpu_s0"]["reward"], abs=1e-4)
+    assert r["fsdp"]["reward"] == pytest.approx(r["1gpu_s0"]["reward"], abs=1e-4)
+    assert r["sigterm"]["final_step"] == r["sigterm"]["total_steps"]

@@ -1,4 +1,4 @@
-"""Verifiable-reward text tasks for LLM policy optimization (ALGORITHMS.md §4).
+"""Verifiable-reward text tasks for LLM policy optimization (docs/algorithms.md §4).
 
 A task is a set of problems (prompt, reference answer, difficulty) split into ``train`` and a held-out ``test``
 (no test prompt appears in train), and a verifier ``reward(problem, response) -> 0.0 | 1.0``. Verifiers only

@@ -77,6 +77,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     given = [o.split("=", 1)[1] for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") == "trainer.total_steps"]
+    if not cfg.trainer.resume:
+        print(preset_line(dict(hc.runtime.choices), cfg.env.name, cfg.trainer.total_steps), file=sys.stderr)
     try:
         result = run(cfg, run_dir, total_steps=int(given[-1]) if given else None)
     except ConfigError as e:
@@ -93,16 +95,30 @@ def _hydra_main(cfg: DictConfig) -> None:
     print(f"done: {summary} ({run_dir})")
 
 
+def preset_line(choices: dict[str, Any], env_name: str, total_steps: int) -> str:
+    """The one line a run prints at start: which per-pair preset (conf/agent_env/<agent>_<env>.yaml) it uses, or
+    that there is none, and its budget."""
+    agent, env = choices["agent"], choices["env"]
+    env = env_name if env == "base_env" else env
+    preset = f"{agent}_{env}"
+    experiment = f" with +experiment={choices['experiment']}" if choices.get("experiment") else ""
+    if (Path(__file__).resolve().parent.parent / "conf" / "agent_env" / f"{preset}.yaml").exists():
+        return f"preset conf/agent_env/{preset}.yaml{experiment}: {total_steps:,} env steps"
+    return (f"no preset for agent={agent} env={env} (no conf/agent_env/{preset}.yaml){experiment}: untuned defaults, "
+            f"{total_steps:,} env steps")
+
+
 _ENV_ID = re.compile(r"env=((?:[\w.-]+/)?[\w.:-]+-v\d+)")
 
 
 def expand_env_ids(argv: list[str]) -> list[str]:
-    """``env=Acrobot-v1`` (a gymnasium id, not a preset in conf/env/) → ``env.id=Acrobot-v1 env.name=acrobot_v1``."""
+    """``env=Acrobot-v1`` (a gymnasium id, not a preset in conf/env/) → ``env=base_env env.id=Acrobot-v1
+    env.name=acrobot_v1`` (base_env: no conf/agent_env/ preset of another env applies)."""
     out = []
     for arg in argv:
         m = _ENV_ID.fullmatch(arg)
         if m and not (Path(__file__).resolve().parent.parent / "conf" / "env" / f"{m[1]}.yaml").exists():
-            out += [f"env.id={m[1]}", "env.name=" + re.sub(r"[^a-z0-9]+", "_", m[1].lower()).strip("_")]
+            out += ["env=base_env", f"env.id={m[1]}", "env.name=" + re.sub(r"[^a-z0-9]+", "_", m[1].lower()).strip("_")]
         else:
             out.append(arg)
     return out

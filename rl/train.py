@@ -96,15 +96,17 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def preset_line(choices: dict[str, Any], env_name: str, total_steps: int) -> str:
-    """The one line a run prints at start: which per-pair preset (conf/agent_env/<agent>_<env>.yaml) it uses, or
-    that there is none, and its budget."""
+    """The one line a run prints at start: the per-pair preset (conf/agent_env/<agent>_<env>.yaml) and experiment
+    it uses, or that it has none, and its budget."""
     agent, env = choices["agent"], choices["env"]
     env = env_name if env == "base_env" else env
-    preset = f"{agent}_{env}"
-    experiment = f" with +experiment={choices['experiment']}" if choices.get("experiment") else ""
-    if (Path(__file__).resolve().parent.parent / "conf" / "agent_env" / f"{preset}.yaml").exists():
-        return f"preset conf/agent_env/{preset}.yaml{experiment}: {total_steps:,} env steps"
-    return (f"no preset for agent={agent} env={env} (no conf/agent_env/{preset}.yaml){experiment}: untuned defaults, "
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    presets = [f"conf/agent_env/{agent}_{env}.yaml"] if (conf / "agent_env" / f"{agent}_{env}.yaml").exists() else []
+    if choices.get("experiment"):
+        presets.append(f"conf/experiment/{choices['experiment']}.yaml")
+    if presets:
+        return f"preset {' + '.join(presets)}: {total_steps:,} env steps"
+    return (f"no preset for agent={agent} env={env} (no conf/agent_env/{agent}_{env}.yaml): untuned defaults, "
             f"{total_steps:,} env steps")
 
 

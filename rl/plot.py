@@ -93,7 +93,8 @@ def read_scalars(run: Path, tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
         return None
     events = ea.Scalars(tag)
     start = min(ea.Scalars(t)[0].wall_time for t in ea.Tags()["scalars"])
-    steps, wall, values = (np.array([getattr(e, k) for e in events], dtype=float) for k in ("step", "wall_time", "value"))
+    steps, wall, values = (np.array([getattr(e, k) for e in events], dtype=float)
+                           for k in ("step", "wall_time", "value"))
     keep = np.isfinite(values)
     return steps[keep], wall[keep] - start, values[keep]
 

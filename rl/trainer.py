@@ -171,7 +171,7 @@ class Trainer:
         return make_render_env(self.cfg.env)
 
     def record_video(self) -> Path:
-        """One greedy evaluation episode → ``<run dir>/videos/step_<N>.mp4`` and the ``eval/video`` GIF in TensorBoard."""
+        """One greedy evaluation episode → ``<run dir>/videos/step_<N>.mp4`` and TensorBoard's ``eval/video`` GIF."""
         from rl.video import fps_of, record_episode, write_mp4
 
         frames, ret = record_episode(self.agent, self.video_env, self.cfg.seed + 100_000, self.device)

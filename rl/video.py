@@ -23,7 +23,7 @@ GIF_SIDE = 256  # the TensorBoard GIF is shrunk (by an integer stride) until its
 def _imageio() -> Any:
     try:
         import imageio.v3 as iio
-        import imageio_ffmpeg  # noqa: F401  (the mp4 encoder)
+        import imageio_ffmpeg  # noqa: F401  (the mp4 encoder: fail here, not after training)
     except ImportError:
         raise ConfigError("trainer.video=true needs imageio and imageio-ffmpeg: pip install '.[video]'") from None
     return iio

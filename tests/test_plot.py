@@ -50,7 +50,8 @@ def test_runs_are_grouped_by_agent_and_env_over_seeds(tmp_path):
         fake_run(tmp_path / f"{seed}_a2c_cartpole_s{seed}", "a2c", "cartpole", seed, 0.5)
         fake_run(tmp_path / f"{seed + 3}_qac_cartpole_s{seed}", "qac", "cartpole", seed, 0.2)
     groups = curves(find_runs([tmp_path]))
-    assert sorted(groups) == [("cartpole", "charts/episodic_return", "a2c"), ("cartpole", "charts/episodic_return", "qac")]
+    tag = "charts/episodic_return"
+    assert sorted(groups) == [("cartpole", tag, "a2c"), ("cartpole", tag, "qac")]
     grid, values = on_grid(groups[("cartpole", "charts/episodic_return", "a2c")])
     assert values.shape == (3, len(grid)) and np.allclose(values.mean(0), 0.5 * grid + 1)  # seeds 0, 1, 2 → +1
     fig = plot_runs([tmp_path / "*_s*"])

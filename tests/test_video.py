@@ -38,3 +38,20 @@ def test_video_needs_an_env_that_renders(tmp_path):
     proc = run_cli("agent=kimi", "env=arithmetic", "trainer.video=true", "trainer.progress=false", "device=cpu",
                    cwd=tmp_path)
     assert proc.returncode == 2 and "trainer.video=true" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.gpu
+def test_video_of_halfcheetah_on_the_device(tmp_path):
+    """MuJoCo renders off-screen through EGL on the GPU machine: 1000 steps + the first frame, 480×480."""
+    pytest.importorskip("mujoco")
+    proc = run_cli("agent=td3", "env=halfcheetah", "device=cuda", "trainer.total_steps=2000",
+                   "trainer.learning_starts=1000", "trainer.video=true", "trainer.eval_every=0",
+                   "trainer.eval_episodes=1", "trainer.checkpoint_every=0", "trainer.progress=false",
+                   "hydra.run.dir=run", cwd=tmp_path, env={"MUJOCO_GL": "egl"})
+    assert proc.returncode == 0, proc.stderr
+    assert "preset conf/agent_env/td3_halfcheetah.yaml: 2,000 env steps" in proc.stderr
+    clip = iio.imread(tmp_path / "run" / "videos" / "step_2000.mp4", plugin="FFMPEG", index=None)
+    assert clip.shape == (1001, 480, 480, 3) and clip.std() > 0
+    ea = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
+    ea.Reload()
+    assert [g.step for g in ea.Images("eval/video")] == [2000]

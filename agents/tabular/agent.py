@@ -15,8 +15,8 @@ from torch import Tensor
 from agents.base import Agent
 from agents.tabular.config import (ControlConfig, EvaluationConfig, ExpectedSARSAConfig, MCConfig, NStepSARSAConfig,
                                    QLearningConfig, SARSAConfig, TabularConfig, TDConfig, parse_policy)
-from agents.tabular.updates import (epsilon_greedy, expected_sarsa_update, mc_return, mc_update, nstep_sarsa_update, qlearning_update,
-                                    sarsa_update, td_update, visit_step_sizes)
+from agents.tabular.updates import (epsilon_greedy, expected_sarsa_update, mc_return, mc_update, nstep_sarsa_update,
+                                    qlearning_update, sarsa_update, td_update, visit_step_sizes)
 from rl.buffers import RolloutBuffer
 from rl.collector import transition_spec
 from rl.config import Config, ConfigError, check, register_agent

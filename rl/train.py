@@ -34,11 +34,13 @@ from rl.config import Config, ConfigError, from_yaml, to_config
 from rl.trainer import Trainer
 
 
-def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps: int | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps: int | None = None,
+        banner: str | None = None) -> dict[str, Any]:
     """Build everything ``cfg`` describes and train. Returns the final step, evaluation and signal (if any).
 
     With ``cfg.trainer.resume`` set, the run continues from that checkpoint in its own directory with
-    its saved config; ``total_steps`` (if given) replaces the saved total.
+    its saved config; ``total_steps`` (if given) replaces the saved total. ``banner`` is printed (stderr) once
+    everything is built, before training: bad input still ends with its one error line.
     """
     cfg = to_config(cfg)
     resume = None
@@ -57,6 +59,8 @@ def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps
         if resume is not None:
             trainer.load_checkpoint(resume)
             print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+        elif banner:
+            print(banner, file=sys.stderr)
         return trainer.run()
     finally:
         trainer.close()
@@ -77,10 +81,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     given = [o.split("=", 1)[1] for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") == "trainer.total_steps"]
-    if not cfg.trainer.resume:
-        print(preset_line(dict(hc.runtime.choices), cfg.env.name, cfg.trainer.total_steps), file=sys.stderr)
+    banner = preset_line(dict(hc.runtime.choices), cfg.env.name, cfg.trainer.total_steps)
     try:
-        result = run(cfg, run_dir, total_steps=int(given[-1]) if given else None)
+        result = run(cfg, run_dir, total_steps=int(given[-1]) if given else None, banner=banner)
     except ConfigError as e:
         _discard_empty_run_dir(run_dir)
         print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The one base every agent shares: the learner interface the trainer calls, and the notebook API.
+"""The one base every agent shares: the learner interface the trainer calls (the notebook API is a mixin,
+agents/api.py; evaluation against exact answers, agents/evaluation.py).
 
 Learner interface (used by :class:`rl.trainer.Trainer`)
     ``act(obs, explore) -> (action, extras)``  — batched obs on the device; ``extras`` are stored with
@@ -6,51 +7,31 @@ Learner interface (used by :class:`rl.trainer.Trainer`)
     ``state()`` / ``load_state()``; ``make_storage``/``make_collector``/``make_evaluator`` pick the
     buffer, actor and evaluation the agent needs.
 
-Notebook API (Stable-Baselines3 style)
+Notebook API (Stable-Baselines3 style, :class:`agents.api.NotebookAPI`)
     ``Agent.from_env(env_id, device=..., **hyperparameters)``, ``learn(steps)``, ``evaluate(episodes)``,
     ``predict(obs)``, ``save(path)``, ``Agent.load(path)``.
 """
 
 from __future__ import annotations
 
-import numbers
-import re
 from abc import ABCMeta, abstractmethod
-from dataclasses import replace
-from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
-from rl import checkpoint
+from agents.api import NotebookAPI, describe_space
+from agents.evaluation import with_exact_errors
 from rl.buffers import ReplayBuffer
 from rl.collector import transition_spec
-from rl.config import (AGENTS, AgentConfig, BufferConfig, Config, ConfigError, EnvConfig, LoggerConfig,
-                       TrainerConfig, check, from_yaml, one_line, to_config)
+from rl.config import AGENTS, AgentConfig, Config, ConfigError
 from rl.trainer import Trainer, env_collector, env_evaluator, resolve_device
 
 
-def describe_space(space: gym.Space) -> dict:
-    if isinstance(space, gym.spaces.Box):
-        return {"type": "Box", "low": torch.from_numpy(space.low), "high": torch.from_numpy(space.high)}
-    if isinstance(space, gym.spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    raise ConfigError(f"unsupported space {space}")
-
-
-def rebuild_space(d: dict) -> gym.Space:
-    if d["type"] == "Box":
-        return gym.spaces.Box(d["low"].numpy(), d["high"].numpy(), dtype=np.float32)
-    return gym.spaces.Discrete(d["n"], start=d["start"])
-
-
-class Agent(nn.Module, metaclass=ABCMeta):
-    """Base class: subclasses set ``config_cls`` and implement ``act`` and ``update``."""
+class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
+    """Base class: subclasses set ``config_cls`` and implement ``act`` and ``update`` (or ``update_step``)."""
 
     config_cls: ClassVar[type[AgentConfig]]
     random_warmup: ClassVar[bool] = False  # uniform random actions for trainer.learning_starts steps
@@ -122,7 +103,7 @@ class Agent(nn.Module, metaclass=ABCMeta):
         return env_collector(cfg, self.device)
 
     def make_evaluator(self, cfg: Config) -> Any:
-        return with_value_error(env_evaluator(cfg, self.device), self, cfg)
+        return with_exact_errors(env_evaluator(cfg, self.device), self, cfg)
 
     def values(self) -> np.ndarray | None:
         """The agent's state-value estimate [S] on a finite-state env (None where that does not apply)."""
@@ -152,110 +133,6 @@ class Agent(nn.Module, metaclass=ABCMeta):
 
     def describe_spaces(self) -> dict:
         return {"obs": describe_space(self.obs_space), "action": describe_space(self.action_space)}
-
-    # -- notebook API --------------------------------------------------------------------------------
-    @classmethod
-    def from_env(cls, env: str, device: str = "auto", seed: int = 0, num_envs: int = 1,
-                 **hyperparameters: Any) -> "Agent":
-        """Build an agent for gymnasium id ``env`` (``num_envs`` copies when it learns) with this class's
-        config, overridden by ``hyperparameters``."""
-        name = re.sub(r"[^a-z0-9]+", "_", env.lower()).strip("_")
-        try:  # the same key and type checks as the command line's (a typo is an error, not a silent default)
-            agent_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.config_cls), hyperparameters))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"{cls.__name__}: {one_line(e)}") from None
-        cfg = Config(agent=agent_cfg, env=EnvConfig(name=name, id=env, num_envs=num_envs),
-                     buffer=BufferConfig(), trainer=TrainerConfig(), logger=LoggerConfig(), seed=seed,
-                     device=device)
-        agent = build_agent(to_config(cfg))
-        if not isinstance(agent, cls):
-            raise ConfigError(f"{cls.__name__}.from_env built a {type(agent).__name__}")
-        return agent
-
-    def learn(self, total_steps: int, log_dir: str | Path | None = None, **trainer: Any) -> dict[str, Any]:
-        """Train for ``total_steps`` more environment steps; repeated calls continue the same run."""
-        if self.run_config is None:
-            raise ConfigError("this agent has no environment: build it with from_env(...) or load(...)")
-        check(isinstance(total_steps, numbers.Integral) and total_steps > 0, f"learn(total_steps) must be a positive number of "
-              f"steps, got {total_steps!r}")
-        same_dir = self._trainer is not None and log_dir is not None and self._trainer.run_dir == Path(log_dir)
-        if log_dir is not None and not same_dir and checkpoint.holds_run(log_dir):
-            raise ConfigError(f"{log_dir} already holds a run; pick a new log_dir (nothing was written)")
-        if self._trainer is None or trainer or (log_dir is not None and not same_dir):
-            if self._trainer is not None:
-                self._trainer.close()
-            cfg = replace(self.run_config, trainer=replace(self.run_config.trainer, **trainer))
-            self._trainer = Trainer(to_config(cfg), self, run_dir=log_dir)
-        return self._trainer.run(self._trainer.step + total_steps)
-
-    def evaluate(self, episodes: int = 10) -> dict[str, float]:
-        """Mean and std of the return of ``episodes`` deterministic episodes on fresh envs."""
-        if self.run_config is None:
-            raise ConfigError("this agent has no environment: build it with from_env(...) or load(...)")
-        cfg = replace(self.run_config, trainer=replace(self.run_config.trainer, eval_episodes=episodes))
-        return env_evaluator(cfg, self.device)(self)
-
-    @torch.no_grad()
-    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
-        """Action(s) for one observation or a batch of them (numpy in, numpy out)."""
-        x = torch.as_tensor(np.asarray(obs), device=self.device)
-        x = x.to(torch.float32) if isinstance(self.obs_space, gym.spaces.Box) else x.long()
-        shape = tuple(self.obs_space.shape)
-        single = x.shape == shape
-        check(single or tuple(x.shape[1:]) == shape, f"predict expects one observation of shape {shape} or a batch "
-                                                     f"of shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
-        action, _ = self.act(x.unsqueeze(0) if single else x, explore=not deterministic)
-        action = action.cpu().numpy()
-        return action[0] if single else action
-
-    def save(self, path: str | Path) -> Path:
-        """Weights, optimizer state and config in one file (loadable with ``weights_only=True``)."""
-        from rl.config import to_yaml
-
-        if self.run_config is None:
-            raise ConfigError("cannot save an agent built without a run config (use from_env)")
-        try:
-            return checkpoint.atomic_save({"version": checkpoint.FORMAT, "config": to_yaml(self.run_config),
-                                           "spaces": self.describe_spaces(), "agent": self.state()}, path)
-        except OSError as e:
-            raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> "Agent":
-        """Load what :meth:`save` wrote, or a trainer checkpoint (a run directory: its newest complete one)."""
-        state = checkpoint.load_newest(path).state
-        cfg = from_yaml(state["config"])
-        cfg = replace(cfg, device=device)
-        agent_cls = AGENTS[cfg.agent.name][0]
-        if not issubclass(agent_cls, cls):
-            raise ConfigError(f"{path} holds a {agent_cls.__name__}, not a {cls.__name__}")
-        agent = agent_cls(rebuild_space(state["spaces"]["obs"]), rebuild_space(state["spaces"]["action"]),
-                          cfg.agent, resolve_device(device))
-        agent.run_config = cfg
-        try:
-            agent.load_state(state["agent"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise ConfigError(f"{path} does not fit a {agent_cls.__name__} as its config describes it: "
-                              f"{checkpoint.first_line(e)}") from None
-        return agent
-
-
-def with_value_error(evaluate: Any, agent: Agent, cfg: Config) -> Any:
-    """Adds ``charts/value_error`` = max_s |values() − exact| to an evaluator, on grid-world envs."""
-    from envs.gridworld import GridWorld
-
-    env = gym.make(cfg.env.id, **cfg.env.kwargs).unwrapped
-    exact = None
-    if isinstance(env, GridWorld) and agent.values() is not None:
-        exact = agent.exact_values(*env.transition_model())
-    env.close()
-    if exact is None:
-        return evaluate
-
-    def evaluate_with_error(a: Agent) -> dict[str, float]:
-        return {**evaluate(a), "charts/value_error": float(np.abs(a.values() - exact).max())}
-
-    return evaluate_with_error
 
 
 def build_agent(cfg: Config) -> Agent:

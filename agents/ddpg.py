@@ -1,4 +1,4 @@
-"""DDPG (Lillicrap et al., 2016) with TD3's three fixes as flags (Fujimoto et al., 2018). ALGORITHMS.md §3.
+"""DDPG (Lillicrap et al., 2016) with TD3's three fixes as flags (Fujimoto et al., 2018). docs/algorithms.md §3.
 
     y       = r + γ (1 − terminated) · min_i q'_i(s', ã'),   ã' = clip(μ'(s') + clip(ε, −c, c), low, high)
     L_q     = Σ_i mean (q_i(s, a) − y)²                       (critic, SARSA-style TD regression)

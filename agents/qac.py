@@ -1,4 +1,4 @@
-"""The actor-critic family of ALGORITHMS.md §3: QAC, A2C (TD actor-critic) and off-policy actor-critic.
+"""The actor-critic family of docs/algorithms.md §3: QAC, A2C (TD actor-critic) and off-policy actor-critic.
 
 One pure loss per algorithm; each line maps to the update rule it implements (with δ the TD error):
 
@@ -41,6 +41,7 @@ class ActorCriticConfig(AgentConfig):
     max_grad_norm: float = 0.5  # 0: no clipping
     optimizer: str = "adam"  # adam | sgd | rmsprop
     lr_schedule: str = "constant"  # constant | linear: both step sizes decay linearly to 0 over the run (adam)
+    log_std_init: float = 0.0  # Gaussian policies (Box actions): the initial log σ of the exploration noise
 
     def __post_init__(self) -> None:
         positive("agent.actor_lr", self.actor_lr)
@@ -62,6 +63,14 @@ class ActorCriticConfig(AgentConfig):
 class A2CConfig(ActorCriticConfig):
     name: str = "a2c"
     normalize_advantage: bool = False  # standardize δ over each batch in the actor's step
+    gae_lambda: float = 1.0  # λ of the λ-returns (GAE); 1: plain n-step returns
+    normalize_obs: bool = False  # standardize Box observations by their running mean and variance
+    reward_scale: float = 1.0  # rewards are multiplied by this in the update (returns and values on a friendlier scale)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 <= self.gae_lambda <= 1, f"agent.gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        positive("agent.reward_scale", self.reward_scale)
 
 
 @dataclass
@@ -100,6 +109,25 @@ def nstep_returns(rewards: Tensor, next_values: Tensor, terminated: Tensor, trun
         g = td_target(rewards[t], nxt, terminated[t], gamma)
         out[t] = g
     return out
+
+
+def lambda_returns(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, truncated: Tensor,
+                   gamma: float, lam: float) -> Tensor:
+    """λ-returns over a [T, N] rollout: ``G^λ_t = v(s_t) + A_t`` with the GAE advantage (Schulman et al., 2016)
+
+        δ_t = r_t + γ (1 − term_t) v(s'_t) − v(s_t),     A_t = δ_t + γ λ (1 − end_t) A_{t+1},
+
+    where a segment ends (end_t) at a termination, a truncation or the rollout's last row. λ = 1 gives
+    :func:`nstep_returns`, λ = 0 the one-step TD targets.
+    """
+    delta = td_target(rewards, next_values, terminated, gamma) - values
+    carry = gamma * lam * (~(terminated | truncated)).to(rewards.dtype)
+    adv = torch.empty_like(rewards)
+    a = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        a = delta[t] + carry[t] * a
+        adv[t] = a
+    return adv + values
 
 
 def a2c_loss(logp: Tensor, entropy: Tensor, values: Tensor, targets: Tensor, ent_coef: float,
@@ -146,13 +174,13 @@ class ActorCritic(Agent):
         super().__init__(obs_space, action_space, cfg, device)
         if not isinstance(obs_space, (gym.spaces.Box, gym.spaces.Discrete)):
             raise ConfigError(f"{type(self).__name__} needs a Box or Discrete observation space, got {obs_space}")
-        self.features = Features(obs_space)
+        self.features = Features(obs_space, normalize=getattr(cfg, "normalize_obs", False))
         d, h = obs_dim(obs_space), cfg.hidden_sizes
         if isinstance(action_space, gym.spaces.Discrete):
             self.policy: nn.Module = CategoricalPolicy(d, int(action_space.n), h)
             q = DiscreteQCritic(d, int(action_space.n), h)
         elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
-            self.policy = GaussianPolicy(d, action_space.shape[0], h)
+            self.policy = GaussianPolicy(d, action_space.shape[0], h, cfg.log_std_init)
             q = QCritic(d, action_space.shape[0], h)
             self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
@@ -224,14 +252,17 @@ class A2C(ActorCritic):
     config_cls = A2CConfig
 
     def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
-        T, N = batch["reward"].shape
+        cfg, (T, N) = self.cfg, batch["reward"].shape
+        self.features.observe(batch["obs"].flatten(0, 1))
         x = self.features(batch["obs"].flatten(0, 1))
+        values = self.critic(x)
         with torch.no_grad():
             next_v = self.critic(self.features(batch["next_obs"].flatten(0, 1))).view(T, N)
-        targets = nstep_returns(batch["reward"], next_v, batch["terminated"], batch["truncated"], self.cfg.gamma)
+            targets = lambda_returns(batch["reward"] * cfg.reward_scale, values.detach().view(T, N), next_v,
+                                     batch["terminated"], batch["truncated"], cfg.gamma, cfg.gae_lambda)
         dist = self.policy(x)
-        loss, metrics = a2c_loss(dist.log_prob(batch["action"].flatten(0, 1)), dist.entropy(), self.critic(x),
-                                 targets.flatten(), self.cfg.ent_coef, self.cfg.normalize_advantage)
+        loss, metrics = a2c_loss(dist.log_prob(batch["action"].flatten(0, 1)), dist.entropy(), values,
+                                 targets.flatten(), cfg.ent_coef, cfg.normalize_advantage)
         self.step(loss)
         return metrics
 

@@ -1,4 +1,4 @@
-"""Exact solvers for a finite MDP ``(P, R, γ)`` — the test oracles of ALGORITHMS.md §1.
+"""Exact solvers for a finite MDP ``(P, R, γ)`` — the test oracles of docs/algorithms.md §1.
 
 Shapes: ``P[s, a, s']`` is [S, A, S] (rows sum to 1), ``R[s, a]`` is the expected reward [S, A],
 a stochastic policy ``pi[s, a]`` is [S, A], a deterministic policy is an int array [S].

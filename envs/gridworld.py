@@ -1,4 +1,4 @@
-"""The textbook grid world (ALGORITHMS.md §2; Zhao, *Mathematical Foundations of RL*, ch. 1).
+"""The textbook grid world (docs/algorithms.md §2; Zhao, *Mathematical Foundations of RL*, ch. 1).
 
 A ``rows × cols`` grid, states numbered row by row (``s = row * cols + col``), five actions
 ``0 up, 1 right, 2 down, 3 left, 4 stay``. Dynamics are deterministic:

@@ -1,4 +1,4 @@
-"""Stochastic approximation: the value-update machinery shared by every agent (ALGORITHMS.md §1).
+"""Stochastic approximation: the value-update machinery shared by every agent (docs/algorithms.md §1).
 
 Pure functions on tensors (or floats) plus step-size schedules. Each line maps to a formula:
 

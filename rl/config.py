@@ -89,6 +89,8 @@ class TrainerConfig:
     overlap: bool = False  # off-policy agents: update on the GPU while the host steps the envs (each update then
     #                        samples the replay buffer as it was before the newest transition)
     threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest for small MLPs on a CPU
+    video: bool = False  # the final evaluation episode → <run dir>/videos/*.mp4 + TensorBoard (pip install '.[video]')
+    video_every: int = 0  # env steps between videos of the evaluation episode during training (0: only the final one)
 
     def __post_init__(self) -> None:
         positive("trainer.total_steps", self.total_steps)
@@ -100,6 +102,7 @@ class TrainerConfig:
         positive("trainer.eval_episodes", self.eval_episodes)
         non_negative("trainer.checkpoint_every", self.checkpoint_every)
         positive("trainer.keep_checkpoints", self.keep_checkpoints)
+        non_negative("trainer.video_every", self.video_every)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -66,10 +67,18 @@ class Logger:
             return
         from torch.utils.tensorboard.summary import hparams
 
-        exp, ssi, sei = hparams(dict(values), {tag: float("nan") for tag in metric_tags})
-        fw = self.writer._get_file_writer()
-        for summary in (exp, ssi, sei):
-            fw.add_summary(summary)
+        # SummaryWriter.add_hparams would write these into a new sub-run; the run's own file writer keeps them
+        # beside the scalars they link to
+        for summary in hparams(dict(values), {tag: float("nan") for tag in metric_tags}):
+            self.writer.file_writer.add_summary(summary)
+
+    def video(self, tag: str, frames: np.ndarray, step: int, fps: float) -> None:
+        """uint8 frames [T, H, W, 3] as an animated GIF in TensorBoard's Images tab (what SummaryWriter.add_video
+        writes too, without needing moviepy)."""
+        if self.writer is not None:
+            from rl.video import gif_summary
+
+            self.writer.file_writer.add_summary(gif_summary(tag, frames, fps), step)
 
     def flush(self) -> None:
         if self.writer is not None:

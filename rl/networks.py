@@ -56,19 +56,54 @@ def obs_dim(space) -> int:
     return int(space.n) if isinstance(space, gym.spaces.Discrete) else int(torch.tensor(space.shape).prod())
 
 
-class Features(nn.Module):
-    """Observation → float features: one-hot for Discrete states (so a linear layer is a table), else flatten."""
+class RunningNorm(nn.Module):
+    """``x ↦ clip((x − m) / √(v + 1e-8), ±clip)`` with m, v the running mean and variance of every sample that
+    :meth:`update` has seen. Batches merge by Chan et al.'s parallel rule, so m, v equal the mean and (biased)
+    variance of all samples at once; the counts start at 1e-4 (m = 0, v = 1) as in Stable-Baselines3's VecNormalize.
+    Updates are in place (a replayed CUDA graph keeps reading the same buffers)."""
 
-    def __init__(self, space) -> None:
+    def __init__(self, shape: Sequence[int], clip: float = 10.0) -> None:
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(tuple(shape)))
+        self.register_buffer("var", torch.ones(tuple(shape)))
+        self.register_buffer("count", torch.tensor(1e-4))
+
+    def update(self, x: Tensor) -> None:
+        """Merge the samples ``x`` [B, *shape]."""
+        n = x.shape[0]
+        delta = x.mean(0) - self.mean
+        total = self.count + n
+        m2 = self.var * self.count + x.var(0, unbiased=False) * n + delta.pow(2) * self.count * n / total
+        self.mean.add_(delta * n / total)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-self.clip, self.clip)
+
+
+class Features(nn.Module):
+    """Observation → float features: one-hot for Discrete states (so a linear layer is a table), else flatten;
+    with ``normalize``, Box observations are standardized by a :class:`RunningNorm` that :meth:`observe` updates."""
+
+    def __init__(self, space, normalize: bool = False) -> None:
         super().__init__()
         import gymnasium as gym
 
         self.n = int(space.n) if isinstance(space, gym.spaces.Discrete) else 0
+        self.norm = RunningNorm((obs_dim(space),)) if normalize and not self.n else None
+
+    def observe(self, obs: Tensor) -> None:
+        """Update the running statistics with a batch of raw observations (no-op without ``normalize``)."""
+        if self.norm is not None:
+            self.norm.update(obs.flatten(1).float())
 
     def forward(self, obs: Tensor) -> Tensor:
         if self.n:
             return torch.nn.functional.one_hot(obs.long(), self.n).float()
-        return obs.flatten(1).float()
+        x = obs.flatten(1).float()
+        return x if self.norm is None else self.norm(x)
 
 
 class CategoricalPolicy(nn.Module):

@@ -77,13 +77,14 @@ def resume_config(saved: Config, given: Config, keys: Iterable[str] | None = Non
 
 
 def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps: int | None = None,
-        given: Iterable[str] | None = None) -> dict[str, Any]:
+        given: Iterable[str] | None = None, banner: str | None = None) -> dict[str, Any]:
     """Build everything ``cfg`` describes and train. Returns the final step, evaluation and signal (if any).
 
     With ``cfg.trainer.resume`` set, the run continues from the newest complete checkpoint there, in its own
     directory, with its saved config; settings of ``cfg`` that differ are applied or refused by
     :func:`resume_config` (``given``: the keys the user set; the command line passes its overrides; None
-    compares every key). ``total_steps`` (if given) replaces ``cfg.trainer.total_steps``.
+    compares every key). ``total_steps`` (if given) replaces ``cfg.trainer.total_steps``. ``banner`` is printed
+    (stderr, rank 0) once everything is built, before a new run trains: bad input still ends with its one error line.
     """
     cfg = to_config(cfg)
     group = distributed.init(cfg.device)
@@ -115,6 +116,8 @@ def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps
             changed = ", ".join(f"{k} {a} → {b}" for k, (a, b) in changes.items())
             print(f"resuming {run_dir} at step {trainer.step}" + (f" (changed: {changed})" if changed else ""),
                   file=sys.stderr)
+        elif banner and group.main:
+            print(banner, file=sys.stderr)
         return trainer.run()
     finally:
         trainer.close()
@@ -152,8 +155,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     given = [k for k in (o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task) if not k.startswith("hydra.")]
+    banner = preset_line(dict(hc.runtime.choices), cfg.env.name, cfg.trainer.total_steps)
     try:
-        result = run(cfg, run_dir, given=given)
+        result = run(cfg, run_dir, given=given, banner=banner)
     except ConfigError as e:
         _discard_empty_run_dir(run_dir)
         fail(str(e))
@@ -177,16 +181,32 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def preset_line(choices: dict[str, Any], env_name: str, total_steps: int) -> str:
+    """The one line a run prints at start: the per-pair preset (conf/agent_env/<agent>_<env>.yaml) and experiment
+    it uses, or that it has none, and its budget."""
+    agent, env = choices["agent"], choices["env"]
+    env = env_name if env == "base_env" else env
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    presets = [f"conf/agent_env/{agent}_{env}.yaml"] if (conf / "agent_env" / f"{agent}_{env}.yaml").exists() else []
+    if choices.get("experiment"):
+        presets.append(f"conf/experiment/{choices['experiment']}.yaml")
+    if presets:
+        return f"preset {' + '.join(presets)}: {total_steps:,} env steps"
+    return (f"no preset for agent={agent} env={env} (no conf/agent_env/{agent}_{env}.yaml): untuned defaults, "
+            f"{total_steps:,} env steps")
+
+
 _ENV_ID = re.compile(r"env=((?:[\w.-]+/)?[\w.:-]+-v\d+)")
 
 
 def expand_env_ids(argv: list[str]) -> list[str]:
-    """``env=Acrobot-v1`` (a gymnasium id, not a preset in conf/env/) → ``env.id=Acrobot-v1 env.name=acrobot_v1``."""
+    """``env=Acrobot-v1`` (a gymnasium id, not a preset in conf/env/) → ``env=base_env env.id=Acrobot-v1
+    env.name=acrobot_v1`` (base_env: no conf/agent_env/ preset of another env applies)."""
     out = []
     for arg in argv:
         m = _ENV_ID.fullmatch(arg)
         if m and not (Path(__file__).resolve().parent.parent / "conf" / "env" / f"{m[1]}.yaml").exists():
-            out += [f"env.id={m[1]}", "env.name=" + re.sub(r"[^a-z0-9]+", "_", m[1].lower()).strip("_")]
+            out += ["env=base_env", f"env.id={m[1]}", "env.name=" + re.sub(r"[^a-z0-9]+", "_", m[1].lower()).strip("_")]
         else:
             out.append(arg)
     return out

@@ -85,6 +85,7 @@ class Trainer:
                 print(f"trainer.compile: CUDA graphs need device=cuda and a graphable update; {type(agent).__name__} "
                       f"on {agent.device} runs eagerly", file=sys.stderr)
         self.evaluator = evaluator or agent.make_evaluator(cfg)
+        self.video_env = self._video_env() if cfg.trainer.video else None
         self.logger = Logger(self.run_dir, enabled=cfg.logger.tensorboard and self.run_dir is not None and self.group.main)
         self.metrics = MetricAccumulator()
         self.step = 0  # environment steps (or samples, for LLM runs)
@@ -136,12 +137,16 @@ class Trainer:
                     self._log_scalars({"charts/SPS": sps}, bar)
                 if crossed(before, self.step, tc.eval_every) and self.step < total:
                     self.evaluate()
+                if self.video_env is not None and crossed(before, self.step, tc.video_every) and self.step < total:
+                    self.record_video()
                 if crossed(before, self.step, tc.checkpoint_every) and self.step < total:
                     self.save_checkpoint()
                 self._share_signal()
             sps = (self.step - s_start) / max(time.perf_counter() - t_start, 1e-9)  # the loop alone
             if self._stop is None:
                 self.evaluate()
+                if self.video_env is not None:
+                    self.record_video()
                 self._share_signal()  # a signal during this evaluation is reported below; the checkpoint follows
             path = self.save_checkpoint()
         finally:
@@ -173,6 +178,23 @@ class Trainer:
         self.last_eval = self.evaluator(self.agent)  # plain keys go under eval/, "group/name" keys as they are
         self.logger.scalars({k if "/" in k else f"eval/{k}": v for k, v in self.last_eval.items()}, self.step)
         return self.last_eval
+
+    def _video_env(self) -> Any:
+        from rl.video import make_render_env
+
+        if self.run_dir is None:
+            raise ConfigError("trainer.video=true writes the mp4 into the run directory: give one (learn(log_dir=...))")
+        return make_render_env(self.cfg.env)
+
+    def record_video(self) -> Path:
+        """One greedy evaluation episode → ``<run dir>/videos/step_<N>.mp4`` and TensorBoard's ``eval/video`` GIF."""
+        from rl.video import fps_of, record_episode, write_mp4
+
+        frames, ret = record_episode(self.agent, self.video_env, self.cfg.seed + 100_000, self.device)
+        path = write_mp4(self.run_dir / "videos" / f"step_{self.step}.mp4", frames, fps_of(self.video_env))
+        self.logger.video("eval/video", frames, self.step, fps_of(self.video_env))
+        self.logger.scalars({"eval/video_return": ret}, self.step)
+        return path
 
     def _log_episodes(self, finished: list[tuple[float, int]]) -> None:
         for ret, length in finished:
@@ -319,6 +341,8 @@ class Trainer:
 
     def close(self) -> None:
         self.collector.close()
+        if self.video_env is not None:
+            self.video_env.close()
         self.logger.close()
 
 

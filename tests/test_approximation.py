@@ -1,4 +1,4 @@
-"""rl.approximation against ALGORITHMS.md §1, on hand-computed numbers."""
+"""rl.approximation against docs/algorithms.md §1, on hand-computed numbers."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tabular agents (agents/tabular.py) against ALGORITHMS.md §1–§2.
+"""Tabular agents (agents/tabular.py) against docs/algorithms.md §1–§2.
 
 1. every pure update on hand-computed numbers;
 2. convergence on the classic 5×5 world (γ = 0.9) to the exact oracle: v_π of the uniform policy for TD(0)/MC,

@@ -1,0 +1,59 @@
+"""Every CPU preset of conf/agent_env/ trains to its target with no argument but the pair and the seed (slow: about
+45 minutes on 2 CPU cores; ``python -m pytest -m slow tests/test_presets.py -s`` prints one line per run, the
+figures of docs/benchmarks.md "Presets"). The MuJoCo presets (GPU, 1M steps) and Kimi's (tests/test_kimi.py) are
+measured elsewhere.
+
+Targets: CartPole-v1 ≥ 475 (solved; the cap is 500); Pendulum-v1 ≥ −200; on the grid world (docs/algorithms.md §2)
+the learned values within 0.05 (max-abs) of the exact ones — v* for control, v_π of the uniform policy for TD and
+MC — and, for control, a greedy action that is optimal in all 25 cells. The actor-critic grid-world presets:
+greedy-optimal everywhere; off-policy AC's critic on v* to 0.01, QAC's to 1.0 (its entropy bonus keeps its
+policy, and so v_π, a little below the optimum).
+"""
+
+import time
+
+import pytest
+
+from rl.train import run
+
+SEEDS = (0, 1, 2)
+SOLVED = {"cartpole": 475.0, "pendulum": -200.0}
+VALUE_ERROR = {"qac": 1.0, "offpac": 0.01}  # actor-critic critics on the grid world; every tabular agent: 0.05
+POLICY_EVALUATION = ("td", "mc")  # evaluate the uniform policy: no greedy policy to check
+PAIRS = [("a2c", "cartpole"), ("qac", "cartpole"), ("ddpg", "pendulum"), ("td3", "pendulum"), ("a2c", "pendulum"),
+         ("td", "gridworld"), ("mc", "gridworld"), ("sarsa", "gridworld"), ("expected_sarsa", "gridworld"),
+         ("nstep_sarsa", "gridworld"), ("qlearning", "gridworld"), ("qac", "gridworld"), ("offpac", "gridworld")]
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    with initialize_config_module("conf", version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def test_every_cpu_pair_has_a_preset():
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "agent_env"
+    assert all((conf / f"{agent}_{env}.yaml").exists() for agent, env in PAIRS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("agent,env", PAIRS, ids=[f"{a}_{e}" for a, e in PAIRS])
+def test_preset_reaches_its_target(tmp_path, agent, env, seed):
+    cfg = compose(f"agent={agent}", f"env={env}", "trainer.progress=false", "device=cpu", f"seed={seed}")
+    start = time.perf_counter()
+    result = run(cfg, run_dir=tmp_path)
+    wall = time.perf_counter() - start
+    print(f"\nPRESET {agent}_{env} seed={seed} steps={result['step']} return={result['return_mean']:.1f} "
+          + " ".join(f"{k.split('/')[-1]}={result[k]:.4g}" for k in ("charts/value_error", "charts/optimal_cells")
+                     if k in result) + f" wall={wall:.0f}s")
+    assert result["step"] == cfg.trainer.total_steps
+    if env in SOLVED:
+        assert result["return_mean"] >= SOLVED[env]
+        return
+    assert result["charts/value_error"] < VALUE_ERROR.get(agent, 0.05)
+    if agent not in POLICY_EVALUATION:
+        assert result["charts/optimal_cells"] == 25

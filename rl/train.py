@@ -84,7 +84,7 @@ def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps
     directory, with its saved config; settings of ``cfg`` that differ are applied or refused by
     :func:`resume_config` (``given``: the keys the user set; the command line passes its overrides; None
     compares every key). ``total_steps`` (if given) replaces ``cfg.trainer.total_steps``. ``banner`` is printed
-    (stderr, rank 0) once everything is built, before a new run trains: bad input still ends with its one error line.
+    (stdout, rank 0) once everything is built, before a new run trains: bad input still ends with its one error line.
     """
     cfg = to_config(cfg)
     group = distributed.init(cfg.device)
@@ -117,7 +117,7 @@ def run(cfg: DictConfig | Config, run_dir: str | Path | None = None, total_steps
             print(f"resuming {run_dir} at step {trainer.step}" + (f" (changed: {changed})" if changed else ""),
                   file=sys.stderr)
         elif banner and group.main:
-            print(banner, file=sys.stderr)
+            print(banner, flush=True)
         return trainer.run()
     finally:
         trainer.close()

@@ -33,7 +33,7 @@ def test_slurm_launcher_config_composes(tmp_path):
 
 def test_optuna_preset_reports_the_best_trial(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    out = run_cli("+experiment=sweep_ddpg_pendulum", "device=cpu", "agent.hidden_sizes=[32,32]",
+    out = run_cli("+experiment=sweep_ddpg_pendulum", "hydra/launcher=basic", "device=cpu", "agent.hidden_sizes=[32,32]",
                   "trainer.total_steps=300", "trainer.learning_starts=100", "trainer.eval_episodes=2",
                   "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

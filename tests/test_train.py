@@ -97,9 +97,9 @@ def test_multirun_three_seeds_three_dirs(tmp_path):
 
 
 def test_notebook_api(tmp_path):
-    # exactly the sequence of the issue
-    agent = DDPG.from_env("Pendulum-v1", device="cpu")
-    agent.learn(5_000)
+    # the sequence of the issue (smaller networks and budget: examples/quickstart.ipynb runs the full one)
+    agent = DDPG.from_env("Pendulum-v1", device="cpu", hidden_sizes=[64, 64])
+    agent.learn(2_000)
     result = agent.evaluate(episodes=5)
     assert set(result) >= {"return_mean", "return_std"} and -1700 < result["return_mean"] <= 0
     p = tmp_path / "ddpg.pt"

@@ -49,7 +49,7 @@ def test_video_of_halfcheetah_on_the_device(tmp_path):
                    "trainer.eval_episodes=1", "trainer.checkpoint_every=0", "trainer.progress=false",
                    "hydra.run.dir=run", cwd=tmp_path, env={"MUJOCO_GL": "egl"})
     assert proc.returncode == 0, proc.stderr
-    assert "preset conf/agent_env/td3_halfcheetah.yaml: 2,000 env steps" in proc.stderr
+    assert "preset conf/agent_env/td3_halfcheetah.yaml: 2,000 env steps" in proc.stdout
     clip = iio.imread(tmp_path / "run" / "videos" / "step_2000.mp4", plugin="FFMPEG", index=None)
     assert clip.shape == (1001, 480, 480, 3) and clip.std() > 0
     ea = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})

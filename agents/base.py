@@ -4,7 +4,9 @@ Learner interface (used by :class:`rl.trainer.Trainer`)
     ``act(obs, explore) -> (action, extras)``  — batched obs on the device; ``extras`` are stored with
     the transition (e.g. behaviour log-probs); ``update(batch) -> metrics`` (0-d tensors, no host sync);
     ``state()`` / ``load_state()``; ``make_storage``/``make_collector``/``make_evaluator`` pick the
-    buffer, actor and evaluation the agent needs.
+    buffer, actor and evaluation the agent needs. An agent that ``batches_seeds`` holds K = ``trainer.num_seeds``
+    agents as one (docs/algorithms.md §5): its observations and batches are K seed-major blocks of rows, and its
+    metrics are [K] tensors, one value per seed.
 
 Notebook API (Stable-Baselines3 style)
     ``Agent.from_env(env_id, device=..., **hyperparameters)``, ``learn(steps)``, ``evaluate(episodes)``,
@@ -27,7 +29,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
-from rl import checkpoint
+from rl import checkpoint, seeding
 from rl.buffers import ReplayBuffer
 from rl.collector import transition_spec
 from rl.config import (AGENTS, AgentConfig, BufferConfig, Config, ConfigError, EnvConfig, LoggerConfig,
@@ -56,6 +58,7 @@ class Agent(nn.Module, metaclass=ABCMeta):
     random_warmup: ClassVar[bool] = False  # uniform random actions for trainer.learning_starts steps
     off_policy: ClassVar[bool] = False  # learns from replayed data (so trainer.overlap may reorder its updates)
     extra_spec: ClassVar[dict] = {}  # extra per-transition tensors returned by act() and stored
+    batches_seeds: ClassVar[bool] = False  # trains trainer.num_seeds seeds as one batch (its __init__ takes seeds=)
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: AgentConfig,
                  device: str | torch.device = "cpu") -> None:
@@ -64,6 +67,8 @@ class Agent(nn.Module, metaclass=ABCMeta):
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.run_config: Config | None = None  # the env/trainer settings learn() and evaluate() use
         self.num_updates = 0
+        self.num_seeds = 1  # agents that batch seeds: K
+        self.generators: list[torch.Generator] = []  # the agent's own random streams (checkpointed; CUDA-graph safe)
         self._graphed_update: Any = None  # rl.graphs.Graphed, once use_cuda_graphs() is called
         self._graphed_act: Any = None
         self._trainer: Trainer | None = None
@@ -95,8 +100,9 @@ class Agent(nn.Module, metaclass=ABCMeta):
             return False
         from rl.graphs import Graphed
 
-        self._graphed_update = Graphed(lambda phase, batch: self.update_step(batch, phase))
-        self._graphed_act = Graphed(lambda explore, x: self.act(x["obs"], explore))
+        gens = tuple(self.generators)
+        self._graphed_update = Graphed(lambda phase, batch: self.update_step(batch, phase), generators=gens)
+        self._graphed_act = Graphed(lambda explore, x: self.act(x["obs"], explore), generators=gens)
         return True
 
     def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
@@ -116,7 +122,7 @@ class Agent(nn.Module, metaclass=ABCMeta):
 
     def make_storage(self, cfg: Config) -> Any:
         spec = transition_spec(self.obs_space, self.action_space, self.extra_spec)
-        return ReplayBuffer(cfg.buffer.capacity, spec, self.device)
+        return ReplayBuffer(cfg.buffer.capacity, spec, self.device, seeds=cfg.seeds)
 
     def make_collector(self, cfg: Config) -> Any:
         return env_collector(cfg, self.device)
@@ -142,12 +148,15 @@ class Agent(nn.Module, metaclass=ABCMeta):
 
     def state(self) -> dict:
         return {"modules": self.state_dict(), "counters": self.counters(),
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()}}
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+                **({"rng": seeding.get_states(self.generators)} if self.generators else {})}
 
     def load_state(self, state: dict) -> None:
         self.load_state_dict(state["modules"])
         for k, o in self.optimizers().items():
             o.load_state_dict(state["optimizers"][k])
+        if self.generators and "rng" in state:
+            seeding.set_states(self.generators, state["rng"])
         self.load_counters(state["counters"])
 
     def describe_spaces(self) -> dict:
@@ -155,18 +164,18 @@ class Agent(nn.Module, metaclass=ABCMeta):
 
     # -- notebook API --------------------------------------------------------------------------------
     @classmethod
-    def from_env(cls, env: str, device: str = "auto", seed: int = 0, num_envs: int = 1,
+    def from_env(cls, env: str, device: str = "auto", seed: int = 0, num_envs: int = 1, num_seeds: int = 1,
                  **hyperparameters: Any) -> "Agent":
-        """Build an agent for gymnasium id ``env`` (``num_envs`` copies when it learns) with this class's
-        config, overridden by ``hyperparameters``."""
+        """Build an agent for gymnasium id ``env`` (``num_envs`` copies per seed when it learns) with this class's
+        config, overridden by ``hyperparameters``; ``num_seeds`` K > 1: K agents (seeds seed … seed+K−1) as one."""
         name = re.sub(r"[^a-z0-9]+", "_", env.lower()).strip("_")
         try:  # the same key and type checks as the command line's (a typo is an error, not a silent default)
             agent_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.config_cls), hyperparameters))
         except OmegaConfBaseException as e:
             raise ConfigError(f"{cls.__name__}: {one_line(e)}") from None
         cfg = Config(agent=agent_cfg, env=EnvConfig(name=name, id=env, num_envs=num_envs),
-                     buffer=BufferConfig(), trainer=TrainerConfig(), logger=LoggerConfig(), seed=seed,
-                     device=device)
+                     buffer=BufferConfig(), trainer=TrainerConfig(num_seeds=num_seeds), logger=LoggerConfig(),
+                     seed=seed, device=device)
         agent = build_agent(to_config(cfg))
         if not isinstance(agent, cls):
             raise ConfigError(f"{cls.__name__}.from_env built a {type(agent).__name__}")
@@ -178,6 +187,8 @@ class Agent(nn.Module, metaclass=ABCMeta):
             raise ConfigError("this agent has no environment: build it with from_env(...) or load(...)")
         check(isinstance(total_steps, numbers.Integral) and total_steps > 0, f"learn(total_steps) must be a positive number of "
               f"steps, got {total_steps!r}")
+        check(trainer.get("num_seeds", self.num_seeds) == self.num_seeds, f"learn() cannot change num_seeds (this agent "
+              f"holds {self.num_seeds}): build another with from_env(..., num_seeds={trainer.get('num_seeds')})")
         same_dir = self._trainer is not None and log_dir is not None and self._trainer.run_dir == Path(log_dir)
         if log_dir is not None and not same_dir and checkpoint.holds_run(log_dir):
             raise ConfigError(f"{log_dir} already holds a run; pick a new log_dir (nothing was written)")
@@ -188,8 +199,8 @@ class Agent(nn.Module, metaclass=ABCMeta):
             self._trainer = Trainer(to_config(cfg), self, run_dir=log_dir)
         return self._trainer.run(self._trainer.step + total_steps)
 
-    def evaluate(self, episodes: int = 10) -> dict[str, float]:
-        """Mean and std of the return of ``episodes`` deterministic episodes on fresh envs."""
+    def evaluate(self, episodes: int = 10) -> dict[str, Any]:
+        """Mean and std of the return of ``episodes`` deterministic episodes on fresh envs (K seeds: lists of K)."""
         if self.run_config is None:
             raise ConfigError("this agent has no environment: build it with from_env(...) or load(...)")
         cfg = replace(self.run_config, trainer=replace(self.run_config.trainer, eval_episodes=episodes))
@@ -197,16 +208,18 @@ class Agent(nn.Module, metaclass=ABCMeta):
 
     @torch.no_grad()
     def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
-        """Action(s) for one observation or a batch of them (numpy in, numpy out)."""
+        """Action(s) for one observation or a batch of them (numpy in, numpy out); K seeds: every seed's, [K, ...]."""
         x = torch.as_tensor(np.asarray(obs), device=self.device)
         x = x.to(torch.float32) if isinstance(self.obs_space, gym.spaces.Box) else x.long()
         shape = tuple(self.obs_space.shape)
         single = x.shape == shape
         check(single or tuple(x.shape[1:]) == shape, f"predict expects one observation of shape {shape} or a batch "
                                                      f"of shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
-        action, _ = self.act(x.unsqueeze(0) if single else x, explore=not deterministic)
-        action = action.cpu().numpy()
-        return action[0] if single else action
+        x = x.unsqueeze(0) if single else x
+        action, _ = self.act(x.repeat(self.num_seeds, *[1] * (x.dim() - 1)), explore=not deterministic)
+        action = action.view(self.num_seeds, x.shape[0], *action.shape[1:]).cpu().numpy()
+        action = action[:, 0] if single else action
+        return action[0] if self.num_seeds == 1 else action
 
     def save(self, path: str | Path) -> Path:
         """Weights, optimizer state and config in one file (loadable with ``weights_only=True``)."""
@@ -229,8 +242,8 @@ class Agent(nn.Module, metaclass=ABCMeta):
         agent_cls = AGENTS[cfg.agent.name][0]
         if not issubclass(agent_cls, cls):
             raise ConfigError(f"{path} holds a {agent_cls.__name__}, not a {cls.__name__}")
-        agent = agent_cls(rebuild_space(state["spaces"]["obs"]), rebuild_space(state["spaces"]["action"]),
-                          cfg.agent, resolve_device(device))
+        agent = create(agent_cls, rebuild_space(state["spaces"]["obs"]), rebuild_space(state["spaces"]["action"]),
+                       cfg, resolve_device(device))
         agent.run_config = cfg
         try:
             agent.load_state(state["agent"])
@@ -258,6 +271,27 @@ def with_value_error(evaluate: Any, agent: Agent, cfg: Config) -> Any:
     return evaluate_with_error
 
 
+def check_seeds(agent_cls: type[Agent], cfg: Config) -> None:
+    """``trainer.num_seeds`` > 1 needs an agent that batches seeds, and envs stepped per seed."""
+    k = cfg.trainer.num_seeds
+    if k == 1:
+        return
+    batched = ", ".join(sorted(n for n, (c, _) in AGENTS.items() if c.batches_seeds))
+    check(agent_cls.batches_seeds, f"trainer.num_seeds={k}: agent={cfg.agent.name} trains one seed per process "
+          f"(trainer.num_seeds batches the seeds of {batched}); for {k} seeds of it run a multirun: python -m rl.train "
+          f"-m agent={cfg.agent.name} seed={','.join(map(str, cfg.seeds))}")
+    check(cfg.env.backend == "gymnasium", f"trainer.num_seeds={k} needs env.backend=gymnasium (each seed steps and "
+          "resets its own gymnasium envs; a batched torch env draws every env's resets from one generator)")
+
+
+def create(agent_cls: type[Agent], obs_space: gym.Space, action_space: gym.Space, cfg: Config,
+           device: torch.device) -> Agent:
+    """``agent_cls`` for ``cfg`` (its ``trainer.num_seeds`` seeds when it batches seeds)."""
+    check_seeds(agent_cls, cfg)
+    seeds = {"seeds": cfg.seeds} if agent_cls.batches_seeds else {}
+    return agent_cls(obs_space, action_space, cfg.agent, device, **seeds)
+
+
 def build_agent(cfg: Config) -> Agent:
     """Seed torch, look at the env's spaces and construct the configured agent on the configured device."""
     from envs.make import probe_spaces
@@ -265,9 +299,10 @@ def build_agent(cfg: Config) -> Agent:
     name = cfg.agent.name
     if name not in AGENTS:
         raise ConfigError(f"unknown agent {name!r}; known: {', '.join(sorted(AGENTS))}")
+    check_seeds(AGENTS[name][0], cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     obs_space, action_space = probe_spaces(cfg.env)
-    agent = AGENTS[name][0](obs_space, action_space, cfg.agent, device)
+    agent = create(AGENTS[name][0], obs_space, action_space, cfg, device)
     agent.run_config = cfg
     return agent

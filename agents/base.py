@@ -287,7 +287,6 @@ def check_seeds(agent_cls: type[Agent], cfg: Config) -> None:
 def create(agent_cls: type[Agent], obs_space: gym.Space, action_space: gym.Space, cfg: Config,
            device: torch.device) -> Agent:
     """``agent_cls`` for ``cfg`` (its ``trainer.num_seeds`` seeds when it batches seeds)."""
-    check_seeds(agent_cls, cfg)
     seeds = {"seeds": cfg.seeds} if agent_cls.batches_seeds else {}
     return agent_cls(obs_space, action_space, cfg.agent, device, **seeds)
 

@@ -345,8 +345,9 @@ class Trainer:
 
 def env_evaluator(cfg: Config, device: torch.device) -> Evaluator:
     """Mean/std return of ``cfg.trainer.eval_episodes`` deterministic episodes per seed on separate envs: up to 10
-    per seed at a time, K × 10 in one vector env (vectorized as the training envs are) for K seeds; seed s's
-    episodes start from seeds s + 100000, … whatever K is. K > 1: lists of K values."""
+    per seed at a time, in one sync vector env, or for K > 1 seeds K × 10 in one vector env vectorized as the
+    training envs are (async workers for MuJoCo); seed s's episodes start from seeds s + 100000, … whatever K is.
+    K > 1: lists of K values."""
     from envs.make import make_vec_env
 
     envs = None
@@ -355,7 +356,8 @@ def env_evaluator(cfg: Config, device: torch.device) -> Evaluator:
     def evaluate(agent: Any) -> dict[str, Any]:
         nonlocal envs
         if envs is None:
-            envs = make_vec_env(cfg.env, num_envs=k * min(cfg.trainer.eval_episodes, 10))
+            envs = make_vec_env(cfg.env, num_envs=k * min(cfg.trainer.eval_episodes, 10),
+                                vectorization="sync" if k == 1 else cfg.env.vectorization)
         returns = evaluate_policy(agent, envs, cfg.trainer.eval_episodes, [s + 100_000 for s in cfg.seeds], device)
         mean, std = returns.mean(axis=1).tolist(), returns.std(axis=1).tolist()
         return {"return_mean": mean[0], "return_std": std[0]} if k == 1 else {"return_mean": mean, "return_std": std}

@@ -15,7 +15,8 @@ The run goes through the trainer (``trainer.num_seeds``, ``+experiment=<agent>_m
 256x256, 25k random steps; positional arguments are more Hydra overrides), into ``--run-dir``; the curves are read back
 from each seed's TensorBoard run (``eval/return_mean``), so a run continued over several commands gives one curve.
 Once it has reached ``--steps``, the script writes ``<out>/<agent>_<env>.json`` (every evaluation of every seed,
-the statistics, the references, the time taken) and, when matplotlib is installed, ``<agent>_<env>.png``: the mean
+the statistics, the references, the time taken; also CleanRL's metric, the return of the last 10 training episodes)
+and, when matplotlib is installed, ``<agent>_<env>.png``: the mean
 over the seeds and a 95 % bootstrap interval. ``--out`` defaults to ``$OUT`` when set, else docs/results/mujoco.
 Exit codes: 0 done, 75 stopped at the time limit (run the same command again), 2 bad input.
 """
@@ -107,27 +108,31 @@ def train(cfg: Config, run_dir: Path, deadline: float | None) -> dict:
     return {**result, "from_step": start, "seconds": time.monotonic() - t0}
 
 
-def read_curves(run_dir: Path, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(steps [E], average returns [seeds, E]) of every evaluation, from each seed's TensorBoard run (an evaluation
-    logged twice, by a run that was continued from an older checkpoint, counts once: the later one)."""
+def read_scalars(run_dir: Path, seeds: list[int], tag: str) -> list[dict[int, float]]:
+    """{step: value} of ``tag`` in each seed's TensorBoard run (a value logged twice at one step, by a run continued
+    from an older checkpoint, counts once: the later one)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     by_seed = []
     for s in seeds:
-        d = run_dir / f"seed_{s}" if len(seeds) > 1 else run_dir
-        ea = EventAccumulator(str(d), size_guidance={"scalars": 0})
+        ea = EventAccumulator(str(run_dir / f"seed_{s}" if len(seeds) > 1 else run_dir), size_guidance={"scalars": 0})
         ea.Reload()
-        by_seed.append({int(e.step): e.value for e in ea.Scalars("eval/return_mean")})
-    steps = sorted(set.intersection(*(set(d) for d in by_seed)))
-    return np.array(steps), np.array([[d[t] for t in steps] for d in by_seed])
+        by_seed.append({int(e.step): e.value for e in ea.Scalars(tag)})
+    return by_seed
 
 
 def record(agent: str, env: str, cfg: Config, run_dir: Path, segments: list[dict]) -> dict:
-    steps, curves = read_curves(run_dir, cfg.seeds)
+    evals = read_scalars(run_dir, cfg.seeds, "eval/return_mean")
+    steps = sorted(set.intersection(*(set(d) for d in evals)))
+    curves = np.array([[d[t] for t in steps] for d in evals])
+    # CleanRL's own metric, for a like-for-like comparison: the training episodes' return (exploration noise on)
+    training = [np.mean([d[t] for t in sorted(d)[-10:]]) for d in read_scalars(run_dir, cfg.seeds,
+                                                                               "charts/episodic_return")]
     seconds = sum(s["seconds"] for s in segments)
-    return {"agent": agent, "env": env, "env_id": cfg.env.id, "seeds": cfg.seeds, "steps_per_seed": int(steps[-1]),
+    return {"training_return_last10": {"mean": float(np.mean(training)), "std": float(np.std(training)),
+                                       "per_seed": [float(x) for x in training]},"agent": agent, "env": env, "env_id": cfg.env.id, "seeds": cfg.seeds, "steps_per_seed": int(steps[-1]),
             "eval_every": cfg.trainer.eval_every, "eval_episodes": cfg.trainer.eval_episodes,
-            "eval_steps": steps.tolist(), "eval_return_mean": curves.tolist(), **summary(curves),
+            "eval_steps": steps, "eval_return_mean": curves.tolist(), **summary(curves),
             "paper": PAPER.get(agent, {}).get(env), "cleanrl": CLEANRL.get(agent, {}).get(env),
             "wall_s": seconds, "segments": segments, "device": torch.cuda.get_device_name() if torch.cuda.is_available()
             else platform.processor() or platform.machine(), "torch": torch.__version__,
@@ -231,7 +236,8 @@ def main() -> None:
     png = plot(r, out / f"{args.agent}_{args.env}.png")
     print(f"{args.agent} {cfg.env.id}, {len(cfg.seeds)} seeds x {cfg.trainer.total_steps:,} steps: max average return "
           f"{fmt(r['max_average_return'])}, last 10 evaluations {fmt(r['last10_average_return'])} (paper "
-          f"{fmt(r['paper'])}, CleanRL {fmt(r['cleanrl'])}); {r['wall_s'] / 60:.1f} min in {len(segments)} command(s)")
+          f"{fmt(r['paper'])}); last 10 training episodes {fmt(r['training_return_last10'])} (CleanRL "
+          f"{fmt(r['cleanrl'])}); {r['wall_s'] / 60:.1f} min in {len(segments)} command(s)")
     print(row(r))
     print(f"wrote {path}" + (f" and {png}" if png else ""))
 

@@ -62,6 +62,7 @@ def test_mujoco_table_stops_at_its_time_limit_continues_and_reports(tmp_path):
     assert r["last10_average_return"]["mean"] == pytest.approx(curves[:, -10:].mean())
     assert r["max_average_return"]["std"] == pytest.approx(curves.max(axis=1).std())
     assert [s["to_step"] for s in r["segments"]] == [stopped, total] and r["paper"] is None
+    assert len(r["training_return_last10"]["per_seed"]) == 2  # CleanRL's metric: training episodes (200 steps)
     assert (tmp_path / "out" / "td3_pendulum.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
     proc = script("scripts/mujoco_table.py", "--report", str(tmp_path / "out"))
     assert proc.returncode == 0 and f"| TD3 | Pendulum-v1 | {r['max_average_return']['mean']:,.0f} ± " in proc.stdout

@@ -60,10 +60,11 @@ class NotebookAPI:
     _trainer: Trainer | None
 
     @classmethod
-    def from_env(cls, env: str, device: str = "auto", seed: int = 0, num_envs: int = 1,
+    def from_env(cls, env: str, device: str = "auto", seed: int = 0, num_envs: int = 1, num_seeds: int = 1,
                  **hyperparameters: Any) -> Any:
-        """Build an agent for gymnasium id ``env`` (``num_envs`` copies when it learns) with this class's
-        config, overridden by ``hyperparameters``."""
+        """Build an agent for gymnasium id ``env`` (``num_envs`` copies per seed when it learns) with this class's
+        config, overridden by ``hyperparameters``; ``num_seeds`` K > 1: K agents (seeds seed … seed+K−1) as one
+        (DDPG, TD3: docs/algorithms.md §5)."""
         from agents.base import build_agent
 
         name = re.sub(r"[^a-z0-9]+", "_", env.lower()).strip("_")
@@ -72,8 +73,8 @@ class NotebookAPI:
         except OmegaConfBaseException as e:
             raise ConfigError(f"{cls.__name__}: {one_line(e)}") from None
         cfg = Config(agent=agent_cfg, env=EnvConfig(name=name, id=env, num_envs=num_envs),
-                     buffer=BufferConfig(), trainer=TrainerConfig(), logger=LoggerConfig(), seed=seed,
-                     device=device)
+                     buffer=BufferConfig(), trainer=TrainerConfig(num_seeds=num_seeds), logger=LoggerConfig(),
+                     seed=seed, device=device)
         agent = build_agent(to_config(cfg))
         if not isinstance(agent, cls):
             raise ConfigError(f"{cls.__name__}.from_env built a {type(agent).__name__}")
@@ -85,6 +86,8 @@ class NotebookAPI:
         run_config = _need_env(self)
         check(isinstance(total_steps, numbers.Integral) and total_steps > 0, f"learn(total_steps) must be a positive "
               f"number of steps, got {total_steps!r}")
+        check(trainer.get("num_seeds", self.num_seeds) == self.num_seeds, f"learn() cannot change num_seeds (this agent "
+              f"holds {self.num_seeds}): build another with from_env(..., num_seeds={trainer.get('num_seeds')})")
         same_dir = self._trainer is not None and log_dir is not None and self._trainer.run_dir == Path(log_dir)
         if log_dir is not None and not same_dir and checkpoint.holds_run(log_dir):
             raise ConfigError(f"{log_dir} already holds a run; pick a new log_dir (nothing was written)")
@@ -104,16 +107,18 @@ class NotebookAPI:
 
     @torch.no_grad()
     def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
-        """Action(s) for one observation or a batch of them (numpy in, numpy out)."""
+        """Action(s) for one observation or a batch of them (numpy in, numpy out); K seeds: every seed's, [K, ...]."""
         x = torch.as_tensor(np.asarray(obs), device=self.device)
         x = x.to(torch.float32) if isinstance(self.obs_space, gym.spaces.Box) else x.long()
         shape = tuple(self.obs_space.shape)
         single = x.shape == shape
         check(single or tuple(x.shape[1:]) == shape, f"predict expects one observation of shape {shape} or a batch "
                                                      f"of shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
-        action, _ = self.act(x.unsqueeze(0) if single else x, explore=not deterministic)
-        action = action.cpu().numpy()
-        return action[0] if single else action
+        x = x.unsqueeze(0) if single else x
+        action, _ = self.act(x.repeat(self.num_seeds, *[1] * (x.dim() - 1)), explore=not deterministic)
+        action = action.view(self.num_seeds, x.shape[0], *action.shape[1:]).cpu().numpy()
+        action = action[:, 0] if single else action
+        return action[0] if self.num_seeds == 1 else action
 
     def save(self, path: str | Path) -> Path:
         """Weights, optimizer state and config in one file (loadable with ``weights_only=True``)."""
@@ -133,8 +138,10 @@ class NotebookAPI:
         agent_cls = AGENTS[cfg.agent.name][0]
         if not issubclass(agent_cls, cls):
             raise ConfigError(f"{path} holds a {agent_cls.__name__}, not a {cls.__name__}")
-        agent = agent_cls(rebuild_space(state["spaces"]["obs"]), rebuild_space(state["spaces"]["action"]),
-                          cfg.agent, resolve_device(device))
+        from agents.base import create
+
+        agent = create(agent_cls, rebuild_space(state["spaces"]["obs"]), rebuild_space(state["spaces"]["action"]), cfg,
+                       resolve_device(device))
         agent.run_config = cfg
         try:
             agent.load_state(state["agent"])

@@ -5,7 +5,9 @@ Learner interface (used by :class:`rl.trainer.Trainer`)
     ``act(obs, explore) -> (action, extras)``  — batched obs on the device; ``extras`` are stored with
     the transition (e.g. behaviour log-probs); ``update(batch) -> metrics`` (0-d tensors, no host sync);
     ``state()`` / ``load_state()``; ``make_storage``/``make_collector``/``make_evaluator`` pick the
-    buffer, actor and evaluation the agent needs.
+    buffer, actor and evaluation the agent needs. An agent that ``batches_seeds`` holds K = ``trainer.num_seeds``
+    agents as one (docs/algorithms.md §5): its observations and batches are K seed-major blocks of rows, and its
+    metrics are [K] tensors, one value per seed.
 
 Notebook API (Stable-Baselines3 style, :class:`agents.api.NotebookAPI`)
     ``Agent.from_env(env_id, device=..., **hyperparameters)``, ``learn(steps)``, ``evaluate(episodes)``,
@@ -24,9 +26,10 @@ from torch import Tensor, nn
 
 from agents.api import NotebookAPI, describe_space
 from agents.evaluation import with_exact_errors
+from rl import seeding
 from rl.buffers import ReplayBuffer
 from rl.collector import transition_spec
-from rl.config import AGENTS, AgentConfig, Config, ConfigError
+from rl.config import AGENTS, AgentConfig, Config, ConfigError, check
 from rl.trainer import Trainer, env_collector, env_evaluator, resolve_device
 
 
@@ -37,6 +40,7 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
     random_warmup: ClassVar[bool] = False  # uniform random actions for trainer.learning_starts steps
     off_policy: ClassVar[bool] = False  # learns from replayed data (so trainer.overlap may reorder its updates)
     extra_spec: ClassVar[dict] = {}  # extra per-transition tensors returned by act() and stored
+    batches_seeds: ClassVar[bool] = False  # trains trainer.num_seeds seeds as one batch (its __init__ takes seeds=)
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: AgentConfig,
                  device: str | torch.device = "cpu") -> None:
@@ -45,6 +49,8 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.run_config: Config | None = None  # the env/trainer settings learn() and evaluate() use
         self.num_updates = 0
+        self.num_seeds = 1  # agents that batch seeds: K
+        self.generators: list[torch.Generator] = []  # the agent's own random streams (checkpointed; CUDA-graph safe)
         self._graphed_update: Any = None  # rl.graphs.Graphed, once use_cuda_graphs() is called
         self._graphed_act: Any = None
         self._trainer: Trainer | None = None
@@ -76,8 +82,9 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
             return False
         from rl.graphs import Graphed
 
-        self._graphed_update = Graphed(lambda phase, batch: self.update_step(batch, phase))
-        self._graphed_act = Graphed(lambda explore, x: self.act(x["obs"], explore))
+        gens = tuple(self.generators)
+        self._graphed_update = Graphed(lambda phase, batch: self.update_step(batch, phase), generators=gens)
+        self._graphed_act = Graphed(lambda explore, x: self.act(x["obs"], explore), generators=gens)
         return True
 
     def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
@@ -97,7 +104,7 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
 
     def make_storage(self, cfg: Config) -> Any:
         spec = transition_spec(self.obs_space, self.action_space, self.extra_spec)
-        return ReplayBuffer(cfg.buffer.capacity, spec, self.device)
+        return ReplayBuffer(cfg.buffer.capacity, spec, self.device, seeds=cfg.seeds)
 
     def make_collector(self, cfg: Config) -> Any:
         return env_collector(cfg, self.device)
@@ -123,16 +130,39 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
 
     def state(self) -> dict:
         return {"modules": self.state_dict(), "counters": self.counters(),
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()}}
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+                **({"rng": seeding.get_states(self.generators)} if self.generators else {})}
 
     def load_state(self, state: dict) -> None:
         self.load_state_dict(state["modules"])
         for k, o in self.optimizers().items():
             o.load_state_dict(state["optimizers"][k])
+        if self.generators and "rng" in state:
+            seeding.set_states(self.generators, state["rng"])
         self.load_counters(state["counters"])
 
     def describe_spaces(self) -> dict:
         return {"obs": describe_space(self.obs_space), "action": describe_space(self.action_space)}
+
+
+def check_seeds(agent_cls: type[Agent], cfg: Config) -> None:
+    """``trainer.num_seeds`` > 1 needs an agent that batches seeds, and envs stepped per seed."""
+    k = cfg.trainer.num_seeds
+    if k == 1:
+        return
+    batched = ", ".join(sorted(n for n, (c, _) in AGENTS.items() if c.batches_seeds))
+    check(agent_cls.batches_seeds, f"trainer.num_seeds={k}: agent={cfg.agent.name} trains one seed per process "
+          f"(trainer.num_seeds batches the seeds of {batched}); for {k} seeds of it run a multirun: python -m rl.train "
+          f"-m agent={cfg.agent.name} seed={','.join(map(str, cfg.seeds))}")
+    check(cfg.env.backend == "gymnasium", f"trainer.num_seeds={k} needs env.backend=gymnasium (each seed steps and "
+          "resets its own gymnasium envs; a batched torch env draws every env's resets from one generator)")
+
+
+def create(agent_cls: type[Agent], obs_space: gym.Space, action_space: gym.Space, cfg: Config,
+           device: torch.device) -> Agent:
+    """``agent_cls`` for ``cfg`` (its ``trainer.num_seeds`` seeds when it batches seeds)."""
+    seeds = {"seeds": cfg.seeds} if agent_cls.batches_seeds else {}
+    return agent_cls(obs_space, action_space, cfg.agent, device, **seeds)
 
 
 def build_agent(cfg: Config) -> Agent:
@@ -142,9 +172,10 @@ def build_agent(cfg: Config) -> Agent:
     name = cfg.agent.name
     if name not in AGENTS:
         raise ConfigError(f"unknown agent {name!r}; known: {', '.join(sorted(AGENTS))}")
+    check_seeds(AGENTS[name][0], cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     obs_space, action_space = probe_spaces(cfg.env)
-    agent = AGENTS[name][0](obs_space, action_space, cfg.agent, device)
+    agent = create(AGENTS[name][0], obs_space, action_space, cfg, device)
     agent.run_config = cfg
     return agent

@@ -7,6 +7,11 @@
 
 DDPG: one critic, ε = 0, actor every step. TD3: ``twin_critics``, ``target_policy_noise=0.2``,
 ``policy_delay=2``.
+
+K seeds as one batch (``trainer.num_seeds``, docs/algorithms.md §5): every network is an ensemble whose layers
+carry a leading member axis (the actor K members, the critics K × C), each loss is a [K] vector of per-seed
+losses, and one backward pass of their sum gives each seed exactly its own gradient; Adam, Polyak averaging and
+the noise are elementwise or drawn per seed. A single run is the case K = 1 of the same code.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from typing import List
 
 import gymnasium as gym
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.base import Agent
+from rl import seeding
 from rl.approximation import polyak_update, td_target
 from rl.config import AgentConfig, ConfigError, check, non_negative, positive, register_agent
 from rl.networks import DeterministicActor, QCritic, adam
@@ -60,28 +65,33 @@ def smoothed_target_action(mu_next: Tensor, noise: Tensor, clip: Tensor, low: Te
     return torch.clamp(mu_next + torch.clamp(noise, -clip, clip), low, high)
 
 
-def critic_target(reward: Tensor, next_qs: Sequence[Tensor], terminated: Tensor, gamma: float) -> Tensor:
-    """``y = r + γ (1 − terminated) min_i q'_i(s', a')`` — bootstraps through truncation, not termination."""
-    return td_target(reward, torch.stack(list(next_qs)).min(dim=0).values, terminated, gamma)
+def critic_target(reward: Tensor, next_qs: Tensor, terminated: Tensor, gamma: float) -> Tensor:
+    """``y = r + γ (1 − terminated) min_i q'_i(s', a')`` — bootstraps through truncation, not termination.
+    ``next_qs`` [..., C, B] (C critics), the others [..., B]."""
+    return td_target(reward, next_qs.min(dim=-2).values, terminated, gamma)
 
 
-def critic_loss(qs: Sequence[Tensor], target: Tensor) -> Tensor:
-    """``Σ_i mean (q_i(s, a) − y)²`` over the critics."""
-    return sum(F.mse_loss(q, target) for q in qs)
+def critic_loss(qs: Tensor, target: Tensor) -> Tensor:
+    """``Σ_i mean (q_i(s, a) − y)²`` over the critics: ``qs`` [..., C, B], ``target`` [..., B] → [...]."""
+    return (qs - target.unsqueeze(-2)).pow(2).mean(-1).sum(-1)
 
 
 def actor_loss(q_of_mu: Tensor) -> Tensor:
-    """``−mean q(s, μ(s))``: its gradient is the deterministic policy gradient ``∇μ · ∇_a q``."""
-    return -q_of_mu.mean()
+    """``−mean q(s, μ(s))`` over the last axis: its gradient is the deterministic policy gradient ``∇μ · ∇_a q``."""
+    return -q_of_mu.mean(-1)
 
 
 class DDPG(Agent):
+    """DDPG/TD3 for the seeds ``seeds`` (K = len(seeds) agents as one; rows of ``act``'s observations and of
+    ``update``'s batches are seed-major: K blocks of equal size)."""
+
     config_cls = DDPGConfig
     random_warmup = True
     off_policy = True
+    batches_seeds = True
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: DDPGConfig,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", seeds: Sequence[int] = (0,)) -> None:
         super().__init__(obs_space, action_space, cfg, device)
         if not isinstance(action_space, gym.spaces.Box):
             raise ConfigError(f"DDPG needs a continuous (Box) action space, but the env has {action_space}; "
@@ -90,14 +100,18 @@ class DDPG(Agent):
             raise ConfigError(f"DDPG needs a flat Box observation space, got {obs_space}")
         obs_dim, act_dim = obs_space.shape[0], action_space.shape[0]
         low, high = torch.as_tensor(action_space.low), torch.as_tensor(action_space.high)
-        self.actor = DeterministicActor(obs_dim, low, high, cfg.hidden_sizes)
-        self.critics = nn.ModuleList(QCritic(obs_dim, act_dim, cfg.hidden_sizes)
-                                     for _ in range(2 if cfg.twin_critics else 1))
+        self.num_seeds, self.num_critics = len(seeds), 2 if cfg.twin_critics else 1
+        init = seeding.generators(seeds, "init")  # seed k's networks: actor, then its critics, layer by layer
+        self.actor = DeterministicActor(obs_dim, low, high, cfg.hidden_sizes, generators=init)
+        self.critics = QCritic(obs_dim, act_dim, cfg.hidden_sizes,  # members k·C + c: critic c of seed k
+                               generators=[g for g in init for _ in range(self.num_critics)])
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_targets = copy.deepcopy(self.critics).requires_grad_(False)
         self.register_buffer("low", low.float())
         self.register_buffer("high", high.float())
         self.to(self.device)
+        self.generators = seeding.generators(seeds, "noise", self.device)  # exploration and target-policy noise
+        # Adam is elementwise: one step over the stacked [K, ...] tensors is K independent Adam steps
         self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, self.device)
         self.critic_opt = adam(self.critics.parameters(), cfg.critic_lr, self.device)
 
@@ -108,35 +122,46 @@ class DDPG(Agent):
         """1 when this update also steps the actor and the targets (every ``policy_delay``-th update)."""
         return int((self.num_updates + 1) % self.cfg.policy_delay == 0)
 
+    def per_seed(self, x: Tensor) -> Tensor:
+        """Seed-major rows [K·B, ...] → [K, B, ...]."""
+        return x.view(self.num_seeds, -1, *x.shape[1:])
+
+    def q_values(self, critics: nn.Module, obs: Tensor, action: Tensor) -> Tensor:
+        """``q_c(s, a)`` of every critic c of every seed k: [K, C, B] for obs [K, B, d] and action [K, B, a]."""
+        x = torch.cat([obs, action], dim=-1).unsqueeze(1)  # [K, 1, B, d + a] → [K·C, B, d + a]
+        x = x.expand(-1, self.num_critics, -1, -1).reshape(-1, *x.shape[2:])
+        return critics.net(x).view(self.num_seeds, self.num_critics, -1)
+
     def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        action = self.actor(obs)
+        action = self.actor(self.per_seed(obs))
         if explore and self.cfg.exploration_noise > 0:
-            noise = torch.randn_like(action) * self.cfg.exploration_noise * self.actor.half_range
+            noise = seeding.randn(self.generators, action.shape[1:]) * self.cfg.exploration_noise * self.actor.half_range
             action = torch.clamp(action + noise, self.low, self.high)
-        return action, {}
+        return action.flatten(0, 1), {}
 
     def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
         cfg = self.cfg
-        obs, action, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        obs, action, next_obs, reward, terminated = (self.per_seed(batch[k]) for k in
+                                                     ("obs", "action", "next_obs", "reward", "terminated"))
         with torch.no_grad():
             next_action = self.actor_target(next_obs)
             if cfg.target_policy_noise > 0:
                 half = self.actor.half_range
-                noise = torch.randn_like(next_action) * cfg.target_policy_noise * half
+                noise = seeding.randn(self.generators, next_action.shape[1:]) * cfg.target_policy_noise * half
                 next_action = smoothed_target_action(next_action, noise, cfg.target_noise_clip * half,
                                                      self.low, self.high)
-            y = critic_target(batch["reward"], [q(next_obs, next_action) for q in self.critic_targets],
-                              batch["terminated"], cfg.gamma)
-        qs = [q(obs, action) for q in self.critics]
-        loss_q = critic_loss(qs, y)
+            y = critic_target(reward, self.q_values(self.critic_targets, next_obs, next_action), terminated,
+                              cfg.gamma)
+        qs = self.q_values(self.critics, obs, action)
+        loss_q = critic_loss(qs, y)  # [K]: seed k's loss depends on seed k's parameters only
         self.critic_opt.zero_grad(set_to_none=False)  # in place: a replayed graph keeps its gradient buffers
-        loss_q.backward()
+        loss_q.sum().backward()
         self.critic_opt.step()
-        metrics = {"critic": loss_q.detach(), "q_mean": qs[0].detach().mean()}
+        metrics = {"critic": loss_q.detach(), "q_mean": qs[:, 0].detach().mean(-1)}
         if phase:
-            loss_mu = actor_loss(self.critics[0](obs, self.actor(obs)))
+            loss_mu = actor_loss(self.q_values(self.critics, obs, self.actor(obs))[:, 0])
             self.actor_opt.zero_grad(set_to_none=False)
-            loss_mu.backward()
+            loss_mu.sum().backward()
             self.actor_opt.step()
             polyak_update(self.actor_target.parameters(), self.actor.parameters(), cfg.tau)
             polyak_update(self.critic_targets.parameters(), self.critics.parameters(), cfg.tau)

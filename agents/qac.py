@@ -307,7 +307,7 @@ class OffPAC(ActorCritic):
 
     def make_storage(self, cfg: Config) -> Any:
         spec = transition_spec(self.obs_space, self.action_space, self.extra_spec)
-        return ReplayBuffer(cfg.buffer.capacity, spec, self.device)
+        return ReplayBuffer(cfg.buffer.capacity, spec, self.device, seeds=cfg.seeds)
 
     def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
         if not explore:

@@ -1,7 +1,8 @@
 """Storage for experience, kept on the run's device.
 
 - :class:`ReplayBuffer` — a ring of tensors for off-policy agents (DDPG, off-policy AC) and partial rollouts;
-  uniform sampling on the device, ``terminated`` and ``truncated`` kept apart.
+  uniform sampling on the device, ``terminated`` and ``truncated`` kept apart; with K seeds, K rings side by side,
+  each sampled by its own seed's generator.
 - :class:`RolloutBuffer` — a [T, N] on-policy rollout for A2C / QAC, handed over whole and then cleared.
 
 Both speak the same small protocol the trainer uses: ``add(step)`` then ``batches(...)``.
@@ -9,13 +10,14 @@ Both speak the same small protocol the trainer uses: ``add(step)`` then ``batche
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 from torch import Tensor
 
+from rl import seeding
 from rl.checkpoint import atomic_save, load as load_file
 
 # name -> (shape of one item, dtype)
@@ -35,16 +37,24 @@ def _check_keys(spec: Spec, step: Mapping[str, Tensor]) -> None:
 class ReplayBuffer:
     """A ring buffer of ``capacity`` transitions, each a dict of tensors described by ``spec``.
 
-    Memory is ``capacity × Σ item bytes`` allocated once on ``device``; see :attr:`nbytes`.
+    ``seeds``: one ring of ``capacity`` per seed (K independent replay buffers of K agents trained as one batch,
+    ``trainer.num_seeds``), stored as consecutive blocks of rows; seed k's transitions are rows k of every batch
+    that :meth:`add` takes and :meth:`sample` returns (seed-major). Seed ``s`` draws its minibatches from its own
+    generator (:mod:`rl.seeding`, stream ``replay``), so that each block is sampled as a single run with seed ``s``
+    samples its buffer. Memory is ``K × capacity × Σ item bytes``, allocated once on ``device``; see :attr:`nbytes`.
     """
 
-    def __init__(self, capacity: int, spec: Spec, device: str | torch.device = "cpu") -> None:
+    def __init__(self, capacity: int, spec: Spec, device: str | torch.device = "cpu",
+                 seeds: Sequence[int] = (0,)) -> None:
         if capacity <= 0:
             raise ValueError(f"replay capacity must be > 0, got {capacity}")
         self.capacity, self.spec, self.device = int(capacity), dict(spec), torch.device(device)
-        self.data = _alloc(self.spec, (self.capacity,), self.device)
-        self.pos = 0  # next write index
-        self.size = 0
+        self.num_seeds = len(seeds)
+        self.data = _alloc(self.spec, (self.num_seeds * self.capacity,), self.device)
+        self.generators = seeding.generators(seeds, "replay", self.device)
+        self.block_start = torch.arange(self.num_seeds, device=self.device).unsqueeze(1) * self.capacity  # [K, 1]
+        self.pos = 0  # next write index (of every seed's ring: they fill in step)
+        self.size = 0  # transitions held per seed
         self.size_on_device = torch.zeros((), dtype=torch.float64, device=self.device)  # read by sample()
         self._graphed_sample: Any = None
 
@@ -55,19 +65,27 @@ class ReplayBuffer:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.data.values())
 
+    def _rings(self, key: str) -> Tensor:
+        """``data[key]`` as [K, capacity, ...]: one ring per seed."""
+        return self.data[key].view(self.num_seeds, self.capacity, *self.spec[key][0])
+
     def add(self, step: Mapping[str, Tensor]) -> None:
-        """Append a batch of transitions: every value has the same leading size n (e.g. ``num_envs``)."""
+        """Append a batch of transitions: every value has the same leading size K·n (e.g. ``num_envs`` per seed),
+        seed-major."""
         _check_keys(self.spec, step)
-        n = next(iter(step.values())).shape[0]
+        rows = next(iter(step.values())).shape[0]
+        n = rows // self.num_seeds
+        if n * self.num_seeds != rows:
+            raise ValueError(f"cannot split {rows} transitions evenly over {self.num_seeds} seeds")
         if n > self.capacity:
             raise ValueError(f"cannot add {n} transitions to a buffer of capacity {self.capacity}")
         first = min(n, self.capacity - self.pos)  # rows before the ring wraps: slice copies, no index kernels
         keys = list(step)
-        src = [step[k].reshape(n, *self.spec[k][0]) for k in keys]
-        torch._foreach_copy_([self.data[k][self.pos:self.pos + first] for k in keys], [v[:first] for v in src],
+        src = [step[k].reshape(self.num_seeds, n, *self.spec[k][0]) for k in keys]
+        torch._foreach_copy_([self._rings(k)[:, self.pos:self.pos + first] for k in keys], [v[:, :first] for v in src],
                              non_blocking=True)  # one launch for every key when all sit on the buffer's device
         if first < n:
-            torch._foreach_copy_([self.data[k][:n - first] for k in keys], [v[first:] for v in src],
+            torch._foreach_copy_([self._rings(k)[:, :n - first] for k in keys], [v[:, first:] for v in src],
                                  non_blocking=True)
         self.pos = (self.pos + n) % self.capacity
         if self.size < self.capacity:
@@ -75,7 +93,8 @@ class ReplayBuffer:
             self.size_on_device.fill_(self.size)
 
     def sample(self, batch_size: int) -> dict[str, Tensor]:
-        """``batch_size`` transitions drawn uniformly with replacement, on the buffer's device.
+        """``batch_size`` transitions per seed (K·batch_size rows, seed-major), drawn uniformly with replacement,
+        on the buffer's device.
 
         The index is ``floor(u · size)`` with ``u ~ U[0, 1)`` (float64) and ``size`` read from a device tensor,
         so sampling makes no host sync and can be captured in a CUDA graph that is replayed as the buffer grows.
@@ -87,8 +106,8 @@ class ReplayBuffer:
         return self._sample(batch_size)
 
     def _sample(self, batch_size: int) -> dict[str, Tensor]:
-        u = torch.rand(batch_size, device=self.device, dtype=torch.float64)
-        idx = (u * self.size_on_device).long()
+        u = seeding.rand(self.generators, (batch_size,), torch.float64)  # [K, batch_size]
+        idx = ((u * self.size_on_device).long() + self.block_start).flatten()
         return {k: v[idx] for k, v in self.data.items()}
 
     def use_cuda_graphs(self) -> bool:
@@ -98,7 +117,8 @@ class ReplayBuffer:
             return False
         from rl.graphs import Graphed
 
-        self._graphed_sample = self._graphed_sample or Graphed(lambda batch_size, _: self._sample(batch_size))
+        self._graphed_sample = self._graphed_sample or Graphed(lambda batch_size, _: self._sample(batch_size),
+                                                               generators=tuple(self.generators))
         return True
 
     def batches(self, num_updates: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
@@ -108,24 +128,31 @@ class ReplayBuffer:
 
     # -- persistence -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The filled part of every seed's ring ([K·size, ...], seed-major) and the sampling generators."""
         return {
             "capacity": self.capacity,
             "pos": self.pos,
             "size": self.size,
+            "num_seeds": self.num_seeds,
+            "rng": seeding.get_states(self.generators),
             "spec": {k: (list(s), str(d).removeprefix("torch.")) for k, (s, d) in self.spec.items()},
-            "data": {k: v[: self.size].clone().cpu() for k, v in self.data.items()},  # clone: save only the filled part
+            "data": {k: self._rings(k)[:, :self.size].to("cpu", copy=True).reshape(-1, *self.spec[k][0])
+                     for k in self.data},  # a copy: only the filled part is saved
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        if state["capacity"] != self.capacity or set(state["data"]) != set(self.spec):
+        num_seeds = int(state.get("num_seeds", 1))
+        if state["capacity"] != self.capacity or set(state["data"]) != set(self.spec) or num_seeds != self.num_seeds:
             raise ValueError(
-                f"saved buffer (capacity {state['capacity']}, keys {sorted(state['data'])}) does not match "
-                f"this one (capacity {self.capacity}, keys {sorted(self.spec)})"
+                f"saved buffer (capacity {state['capacity']}, {num_seeds} seed(s), keys {sorted(state['data'])}) does "
+                f"not match this one (capacity {self.capacity}, {self.num_seeds} seed(s), keys {sorted(self.spec)})"
             )
         self.pos, self.size = int(state["pos"]), int(state["size"])
         self.size_on_device.fill_(self.size)
         for k, v in state["data"].items():
-            self.data[k][: self.size] = v.to(self.device)
+            self._rings(k)[:, :self.size] = v.view(self.num_seeds, self.size, *self.spec[k][0]).to(self.device)
+        if "rng" in state:
+            seeding.set_states(self.generators, state["rng"])
 
     def save(self, path: PathLike) -> None:
         atomic_save(self.state_dict(), path)
@@ -134,7 +161,7 @@ class ReplayBuffer:
     def load(cls, path: PathLike, device: str | torch.device = "cpu") -> "ReplayBuffer":
         state = load_file(path)
         spec = {k: (tuple(s), getattr(torch, d)) for k, (s, d) in state["spec"].items()}
-        buf = cls(state["capacity"], spec, device)
+        buf = cls(state["capacity"], spec, device, seeds=range(int(state.get("num_seeds", 1))))
         buf.load_state_dict(state)
         return buf
 

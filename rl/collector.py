@@ -1,12 +1,13 @@
 """Collectors: the actor side of the loop. They step environments with the agent and fill storage.
 
 A collector has ``collect(agent, storage, random_actions) -> (env_steps, finished_episodes)``,
-``state_dict()`` / ``load_state_dict()`` and ``close()``; the trainer needs nothing else from it.
+``state_dict()`` / ``load_state_dict()`` and ``close()``; the trainer needs nothing else from it. With K seeds
+trained as one batch, ``env_steps`` counts the steps of one seed (each seed steps as many envs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -16,8 +17,9 @@ from gymnasium.vector import VectorEnv
 from torch import Tensor
 
 from envs.make import restore, snapshot
+from rl import seeding
 
-Episode = tuple[float, int]  # (return, length)
+Episode = tuple[float, int, int]  # (return, length, index of the seed whose env it ran in)
 
 
 class Collector(Protocol):
@@ -55,20 +57,27 @@ def box_clip(space: gym.Space, device: torch.device) -> Callable[[Tensor], Tenso
 
 
 class VectorEnvCollector:
-    """Steps a gymnasium vector env one step per ``collect`` and stores ``num_envs`` transitions."""
+    """Steps a gymnasium vector env one step per ``collect`` and stores ``num_envs`` transitions.
 
-    def __init__(self, envs: VectorEnv, device: torch.device, seed: int) -> None:
+    ``seeds``: the envs are K = len(seeds) equal blocks, block k the envs of the run with seed ``seeds[k]``, reset
+    and given warm-up actions exactly as that run's collector would (its sub-env j starts from seed
+    ``seeds[k] + j``; its warm-up actions come from its own generator, :mod:`rl.seeding` stream ``warmup``)."""
+
+    def __init__(self, envs: VectorEnv, device: torch.device, seeds: Sequence[int]) -> None:
         self.envs, self.device = envs, device
         self.n = envs.num_envs
+        self.per_seed = self.n // len(seeds)  # envs of one seed: the env steps of one seed per collect
+        if self.per_seed * len(seeds) != self.n:
+            raise ValueError(f"{self.n} envs do not split evenly over {len(seeds)} seeds")
         self.act_space = envs.single_action_space
         self.clip = box_clip(self.act_space, device)
         obs_spec = space_spec(envs.single_observation_space)
         self.obs_dtype = obs_spec[1]
-        obs, _ = envs.reset(seed=seed)
+        obs, _ = envs.reset(seed=[s + j for s in seeds for j in range(self.per_seed)])
         self.obs = self._tensor(obs)
         self.ep_return = np.zeros(self.n)
         self.ep_length = np.zeros(self.n, dtype=np.int64)
-        self.rng = torch.Generator().manual_seed(seed)  # warm-up actions: independent of the agent's RNG
+        self.rngs = seeding.generators(seeds, "warmup")  # warm-up actions: independent of the agent's streams
         self.staging: list[tuple[Tensor, Any]] = []  # pinned host buffers (and their copy events) for uploads to CUDA
 
     def _tensor(self, x: np.ndarray) -> Tensor:
@@ -113,13 +122,14 @@ class VectorEnvCollector:
         """One step of every env. ``during(n)``, if given, runs once the actions are known and before the envs
         step (the trainer's overlapped updates: queued on the GPU while the host simulates)."""
         if random_actions:
-            action, extras = uniform_actions(self.act_space, self.n, self.rng).to(self.device), {}
+            action = torch.cat([uniform_actions(self.act_space, self.per_seed, g) for g in self.rngs])
+            action, extras = action.to(self.device), {}
         else:
             with torch.no_grad():
                 action, extras = agent.explore(self.obs)
         host_action = self.clip(action).cpu().numpy()
         if during is not None:
-            during(self.n)
+            during(self.per_seed)
         next_obs, reward, terminated, truncated, info = self.envs.step(host_action)
         final_next = next_obs  # the stored s': the true last observation where an episode just ended
         if "_final_obs" in info and info["_final_obs"].any():
@@ -134,13 +144,13 @@ class VectorEnvCollector:
         self.ep_length += 1
         finished = []
         for i in np.flatnonzero(terminated | truncated):
-            finished.append((float(self.ep_return[i]), int(self.ep_length[i])))
+            finished.append((float(self.ep_return[i]), int(self.ep_length[i]), int(i) // self.per_seed))
             self.ep_return[i], self.ep_length[i] = 0.0, 0
-        return self.n, finished
+        return self.per_seed, finished
 
     def state_dict(self) -> dict:
         return {"obs": self.obs.cpu(), "ep_return": torch.from_numpy(self.ep_return.copy()),
-                "ep_length": torch.from_numpy(self.ep_length.copy()), "rng": self.rng.get_state(),
+                "ep_length": torch.from_numpy(self.ep_length.copy()), "rng": seeding.get_states(self.rngs),
                 "envs": snapshot(self.envs)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -148,7 +158,7 @@ class VectorEnvCollector:
         self.obs = state["obs"].to(self.device)
         self.ep_return = state["ep_return"].cpu().numpy().copy()
         self.ep_length = state["ep_length"].cpu().numpy().copy()
-        self.rng.set_state(state["rng"].cpu())
+        seeding.set_states(self.rngs, state["rng"])
 
     def close(self) -> None:
         self.envs.close()
@@ -251,20 +261,25 @@ class TorchEnvCollector:
 
 
 @torch.no_grad()
-def evaluate_policy(agent: Any, envs: VectorEnv, episodes: int, seed: int, device: torch.device,
+def evaluate_policy(agent: Any, envs: VectorEnv, episodes: int, seeds: Sequence[int], device: torch.device,
                     max_steps: int = 100_000) -> np.ndarray:
-    """Returns of ``episodes`` deterministic episodes on ``envs`` (separate from training envs).
+    """Returns [K, episodes] of ``episodes`` deterministic episodes per seed on ``envs`` (separate from the training
+    envs): K = len(seeds) equal blocks of sub-envs, block k acted in by the agent's seed k (an agent of K seeds
+    takes seed-major rows).
 
-    Each round resets every sub-env with fixed seeds and runs until each has finished one episode, so the
-    result is a function of the agent's parameters alone. An episode still running after ``max_steps``
-    (an env without a time limit) is cut there, its return counted so far.
+    Each round resets every sub-env with fixed seeds (block k's sub-env j with ``seeds[k] + round · n + j``, n
+    envs per block) and runs until each has finished one episode, so the result is a function of the agent's
+    parameters alone, and seed k's returns are those a single run with seed ``seeds[k]`` would get. An episode still
+    running after ``max_steps`` (an env without a time limit) is cut there, its return counted so far.
     """
-    n, returns = envs.num_envs, []
+    K = len(seeds)
+    n = envs.num_envs // K
+    returns: list[np.ndarray] = []
     dtype = space_spec(envs.single_observation_space)[1]
     clip = box_clip(envs.single_action_space, device)
     for round_ in range((episodes + n - 1) // n):
-        obs, _ = envs.reset(seed=seed + round_ * n)
-        ret, done = np.zeros(n), np.zeros(n, dtype=bool)
+        obs, _ = envs.reset(seed=[s + round_ * n + j for s in seeds for j in range(n)])
+        ret, done = np.zeros(K * n), np.zeros(K * n, dtype=bool)
         for _ in range(max_steps):
             if done.all():
                 break
@@ -272,5 +287,5 @@ def evaluate_policy(agent: Any, envs: VectorEnv, episodes: int, seed: int, devic
             obs, reward, terminated, truncated, _ = envs.step(clip(action).cpu().numpy())
             ret += np.where(done, 0.0, reward)
             done |= terminated | truncated
-        returns.extend(ret.tolist())
-    return np.asarray(returns[:episodes])
+        returns.append(ret.reshape(K, n))
+    return np.concatenate(returns, axis=1)[:, :episodes]

@@ -91,6 +91,8 @@ class TrainerConfig:
     threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest for small MLPs on a CPU
     video: bool = False  # the final evaluation episode → <run dir>/videos/*.mp4 + TensorBoard (pip install '.[video]')
     video_every: int = 0  # env steps between videos of the evaluation episode during training (0: only the final one)
+    num_seeds: int = 1  # K independent agents, seeds seed … seed+K−1, trained as one batch (agents that batch seeds:
+    #                     ddpg, td3); total_steps, learning_starts, log/eval/checkpoint intervals count one seed's steps
 
     def __post_init__(self) -> None:
         positive("trainer.total_steps", self.total_steps)
@@ -103,6 +105,7 @@ class TrainerConfig:
         non_negative("trainer.checkpoint_every", self.checkpoint_every)
         positive("trainer.keep_checkpoints", self.keep_checkpoints)
         non_negative("trainer.video_every", self.video_every)
+        positive("trainer.num_seeds", self.num_seeds)
 
 
 @dataclass
@@ -125,6 +128,11 @@ class Config:
         check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
               f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         non_negative("seed", self.seed)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds of the ``trainer.num_seeds`` agents this run trains: seed, seed + 1, …"""
+        return list(range(self.seed, self.seed + self.trainer.num_seeds))
 
 
 AGENTS: dict[str, tuple[type, type]] = {}  # name -> (agent class, config class)

@@ -1,7 +1,9 @@
-"""Network builders: MLPs, policy heads and critics. Shapes: obs [B, obs_dim], act [B, act_dim]."""
+"""Network builders: MLPs, policy heads and critics. Shapes: obs [B, obs_dim], act [B, act_dim]; ensembles of M
+members (``generators`` given) take and return the same with a leading member axis, obs [M, B, obs_dim]."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -16,21 +18,52 @@ def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """``in_dim → hidden… → out_dim`` with ``activation`` between layers and none after the last."""
+class EnsembleLinear(nn.Module):
+    """M independent ``nn.Linear(in_dim, out_dim)`` layers as one: ``y_m = x_m W_mᵀ + b_m`` for x [M, B, in_dim],
+    one batched matmul (``torch.baddbmm``) for all members (docs/algorithms.md §5). Member m is initialized from
+    ``generators[m]`` exactly as ``nn.Linear`` initializes itself (Kaiming-uniform weights, uniform biases, ±1/√in),
+    weights before biases, so a generator sees the same draws whatever M is.
+
+    A layer with one output is a dot product per row, computed as such: BLAS takes another path for a
+    matrix-vector product of one member than for a batch of them, and member m of M members must compute exactly
+    what a single member does (the equality test of K seeds against K single runs)."""
+
+    def __init__(self, in_dim: int, out_dim: int, generators: Sequence[torch.Generator]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(len(generators), out_dim, in_dim))
+        self.bias = nn.Parameter(torch.empty(len(generators), 1, out_dim))
+        with torch.no_grad():
+            for weight, bias, g in zip(self.weight, self.bias, generators):
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=g)
+                nn.init.uniform_(bias, -1 / math.sqrt(in_dim), 1 / math.sqrt(in_dim), generator=g)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weight.shape[1] == 1:
+            return (x * self.weight).sum(-1, keepdim=True) + self.bias
+        return torch.baddbmm(self.bias, x, self.weight.transpose(1, 2))
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU,
+        generators: Sequence[torch.Generator] | None = None) -> nn.Sequential:
+    """``in_dim → hidden… → out_dim`` with ``activation`` between layers and none after the last; an ensemble of
+    ``len(generators)`` such MLPs (:class:`EnsembleLinear` layers) when ``generators`` is given."""
+    def linear(a: int, b: int) -> nn.Module:
+        return nn.Linear(a, b) if generators is None else EnsembleLinear(a, b, generators)
+
     dims, layers = [in_dim, *hidden], []
     for a, b in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(a, b), activation()]
-    layers.append(nn.Linear(dims[-1], out_dim))
+        layers += [linear(a, b), activation()]
+    layers.append(linear(dims[-1], out_dim))
     return nn.Sequential(*layers)
 
 
 class DeterministicActor(nn.Module):
     """``μ(s) = center + half_range · tanh(f(s))``: actions always inside the Box ``[low, high]``."""
 
-    def __init__(self, obs_dim: int, low: Tensor, high: Tensor, hidden: Sequence[int]) -> None:
+    def __init__(self, obs_dim: int, low: Tensor, high: Tensor, hidden: Sequence[int],
+                 generators: Sequence[torch.Generator] | None = None) -> None:
         super().__init__()
-        self.net = mlp(obs_dim, hidden, low.numel())
+        self.net = mlp(obs_dim, hidden, low.numel(), generators=generators)
         self.register_buffer("center", ((high + low) / 2).float().flatten())
         self.register_buffer("half_range", ((high - low) / 2).float().flatten())
 
@@ -41,9 +74,10 @@ class DeterministicActor(nn.Module):
 class QCritic(nn.Module):
     """``q(s, a)``: an MLP on the concatenation, returning [B]."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int],
+                 generators: Sequence[torch.Generator] | None = None) -> None:
         super().__init__()
-        self.net = mlp(obs_dim + act_dim, hidden, 1)
+        self.net = mlp(obs_dim + act_dim, hidden, 1, generators=generators)
 
     def forward(self, obs: Tensor, act: Tensor) -> Tensor:
         return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)

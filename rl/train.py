@@ -168,8 +168,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         run_dir = checkpoint.resolve(cfg.trainer.resume).parent
     if result.get("interrupted"):
         sys.exit(128 + int(result["interrupted"]))
-    summary = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
-                        if k != "interrupted")
+    def show(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else f"[{', '.join(map(show, v))}]" if isinstance(v, list) else f"{v}"
+
+    summary = ", ".join(f"{k}={show(v)}" for k, v in result.items() if k != "interrupted")
     print(f"done: {summary} ({run_dir})")
     objective = result.get("return_mean", result.get("accuracy"))
     return None if objective is None else float(objective)

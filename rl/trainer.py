@@ -3,6 +3,11 @@
 The trainer owns time, step counters, seeds/RNG state, logging, evaluation, checkpoints, signals and the
 progress bar. The agent owns how to act and how to learn from a batch; the storage owns sampling; the
 collector owns the environments. Off-policy (replay), on-policy (rollout) and LLM agents all run here.
+
+K seeds trained as one batch (``trainer.num_seeds``): the step counter, ``total_steps`` and every interval count one
+seed's env steps; each seed logs to its own TensorBoard run, ``<run_dir>/seed_<s>/`` (the same tags as a single
+run), and one checkpoint unit in ``<run_dir>`` holds all K. Metrics and evaluations then carry one value per seed
+(a list of K floats where a single run has a float).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from rl.collector import TorchEnvCollector, VectorEnvCollector, evaluate_policy
 from rl.config import Config, ConfigError, flat, to_yaml
 from rl.logging import Logger, MetricAccumulator
 
-Evaluator = Callable[[Any], dict[str, float]]
+Evaluator = Callable[[Any], dict[str, Any]]  # plain values, or lists of one value per seed
 
 
 class Diverged(RuntimeError):
@@ -59,6 +64,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def seed_values(values: dict[str, Any], k: int) -> dict[str, Any]:
+    """Seed k's view of ``values``: a list holds one value per seed; a plain value belongs to every seed."""
+    return {tag: v[k] if isinstance(v, list) else v for tag, v in values.items()}
+
+
 def crossed(before: int, after: int, every: int) -> bool:
     """True when a multiple of ``every`` lies in (before, after]."""
     return every > 0 and after // every > before // every
@@ -86,7 +96,9 @@ class Trainer:
                       f"on {agent.device} runs eagerly", file=sys.stderr)
         self.evaluator = evaluator or agent.make_evaluator(cfg)
         self.video_env = self._video_env() if cfg.trainer.video else None
-        self.logger = Logger(self.run_dir, enabled=cfg.logger.tensorboard and self.run_dir is not None and self.group.main)
+        on = cfg.logger.tensorboard and self.run_dir is not None and self.group.main
+        self.loggers = [Logger(d, enabled=on) for d in self.seed_dirs()]  # one TensorBoard run per seed
+        self.logger = self.loggers[0]
         self.metrics = MetricAccumulator()
         self.step = 0  # environment steps (or samples, for LLM runs)
         self.update_credit = 0.0  # fractional gradient updates owed (utd_ratio × steps)
@@ -106,7 +118,8 @@ class Trainer:
         tc = self.cfg.trainer
         total = total_steps if total_steps is not None else tc.total_steps
         if not self._hparams_logged and self.step == 0 and self.cfg.logger.hparams:
-            self.logger.hparams(flat(self.cfg), ["eval/return_mean", "charts/episodic_return"])
+            for seed, logger in zip(self.cfg.seeds, self.loggers):
+                logger.hparams(flat(replace(self.cfg, seed=seed)), ["eval/return_mean", "charts/episodic_return"])
             self._hparams_logged = True
         threads = torch.get_num_threads()
         if tc.threads > 0:  # for this run only: a notebook gets its own setting back afterwards
@@ -158,9 +171,18 @@ class Trainer:
             where = f"; checkpoint saved to {path}; continue with trainer.resume={self.run_dir}" if path else ""
             if self.group.main:
                 print(f"interrupted by {name} at step {self.step}{where}", file=sys.stderr)
-        self.logger.flush()
+        for logger in self.loggers:
+            logger.flush()
         self.group.barrier()  # under torchrun: every rank ends together (a rank that exits early looks failed)
-        return {"step": self.step, "sps": sps, "interrupted": self._stop, **self.last_eval}
+        # sps: env steps per second, summed over the seeds (the step counter counts one seed's)
+        return {"step": self.step, "sps": sps * self.cfg.trainer.num_seeds, "interrupted": self._stop, **self.last_eval}
+
+    def seed_dirs(self) -> list[Path | None]:
+        """Where each seed's TensorBoard run goes: the run directory itself for a single seed, else one
+        ``seed_<s>`` subdirectory per seed."""
+        if self.run_dir is None or self.cfg.trainer.num_seeds == 1:
+            return [self.run_dir] * self.cfg.trainer.num_seeds
+        return [self.run_dir / f"seed_{s}" for s in self.cfg.seeds]
 
     def _update(self, n: int, step: int) -> None:
         """The gradient updates owed for ``n`` more env steps (``utd_ratio`` each), once past the warm-up."""
@@ -173,10 +195,12 @@ class Trainer:
         for batch in self.storage.batches(k, tc.batch_size):
             self.metrics.add(self.agent.update(batch))
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, Any]:
         self.check_finite()
         self.last_eval = self.evaluator(self.agent)  # plain keys go under eval/, "group/name" keys as they are
-        self.logger.scalars({k if "/" in k else f"eval/{k}": v for k, v in self.last_eval.items()}, self.step)
+        tagged = {k if "/" in k else f"eval/{k}": v for k, v in self.last_eval.items()}
+        for k, logger in enumerate(self.loggers):
+            logger.scalars(seed_values(tagged, k), self.step)
         return self.last_eval
 
     def _video_env(self) -> Any:
@@ -196,15 +220,17 @@ class Trainer:
         self.logger.scalars({"eval/video_return": ret}, self.step)
         return path
 
-    def _log_episodes(self, finished: list[tuple[float, int]]) -> None:
-        for ret, length in finished:
+    def _log_episodes(self, finished: list[tuple[float, int, int]]) -> None:
+        for ret, length, seed in finished:
             self.episodes += 1
             self.last_return = ret
-            self.logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, self.step)
+            self.loggers[seed].scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, self.step)
 
     def _log_scalars(self, extra: dict[str, float], bar: Any) -> None:
         values = {f"losses/{k}": v for k, v in self.metrics.means().items()}  # the log step's one host sync
-        bad = [f"{k} = {v}" for k, v in values.items() if not math.isfinite(v)]
+        seeds = self.cfg.seeds
+        bad = [f"{k} = {x}" + (f" (seed {seeds[i]})" if len(seeds) > 1 else "") for k, v in values.items()
+               for i, x in enumerate(v if isinstance(v, list) else [v]) if not math.isfinite(x)]
         if self._any_rank(bool(bad)):
             raise Diverged(self._diverged(", ".join(bad or ["a loss of another process"])
                                           + f" (mean over steps {self.last_log_step}-{self.step})"))
@@ -218,7 +244,8 @@ class Trainer:
             self.last_return = scalars.get("charts/episodic_return", self.last_return)
             for tag, text in texts.items():
                 self.logger.text(tag, text, self.step)
-        self.logger.scalars(values, self.step)
+        for k, logger in enumerate(self.loggers):
+            logger.scalars(seed_values(values, k), self.step)
         bar.set_postfix(SPS=f"{extra['charts/SPS']:.0f}", ret=f"{self.last_return:.1f}", refresh=False)
 
     # -- signals -----------------------------------------------------------------------------------
@@ -343,22 +370,31 @@ class Trainer:
         self.collector.close()
         if self.video_env is not None:
             self.video_env.close()
-        self.logger.close()
+        getattr(self.evaluator, "close", lambda: None)()  # its envs (worker processes, when async)
+        for logger in self.loggers:
+            logger.close()
 
 
 def env_evaluator(cfg: Config, device: torch.device) -> Evaluator:
-    """Mean/std return of ``cfg.trainer.eval_episodes`` deterministic episodes on separate envs."""
+    """Mean/std return of ``cfg.trainer.eval_episodes`` deterministic episodes per seed on separate envs: up to 10
+    per seed at a time, in one sync vector env, or for K > 1 seeds K × 10 in one vector env vectorized as the
+    training envs are (async workers for MuJoCo); seed s's episodes start from seeds s + 100000, … whatever K is.
+    K > 1: lists of K values."""
     from envs.make import make_vec_env
 
     envs = None
+    k = cfg.trainer.num_seeds
 
-    def evaluate(agent: Any) -> dict[str, float]:
+    def evaluate(agent: Any) -> dict[str, Any]:
         nonlocal envs
         if envs is None:
-            envs = make_vec_env(cfg.env, num_envs=min(cfg.trainer.eval_episodes, 10), vectorization="sync")
-        returns = evaluate_policy(agent, envs, cfg.trainer.eval_episodes, cfg.seed + 100_000, device)
-        return {"return_mean": float(returns.mean()), "return_std": float(returns.std())}
+            envs = make_vec_env(cfg.env, num_envs=k * min(cfg.trainer.eval_episodes, 10),
+                                vectorization="sync" if k == 1 else cfg.env.vectorization)
+        returns = evaluate_policy(agent, envs, cfg.trainer.eval_episodes, [s + 100_000 for s in cfg.seeds], device)
+        mean, std = returns.mean(axis=1).tolist(), returns.std(axis=1).tolist()
+        return {"return_mean": mean[0], "return_std": std[0]} if k == 1 else {"return_mean": mean, "return_std": std}
 
+    evaluate.close = lambda: envs is not None and envs.close()  # type: ignore[attr-defined]
     return evaluate
 
 
@@ -373,7 +409,8 @@ def env_collector(cfg: Config, device: torch.device) -> VectorEnvCollector | Tor
         env = make_torch_env(cfg.env.id, cfg.env.num_envs, device, max_episode_steps=cfg.env.max_episode_steps,
                              **cfg.env.kwargs)
         return TorchEnvCollector(env, cfg.seed)
-    return VectorEnvCollector(make_vec_env(cfg.env), device, cfg.seed)
+    return VectorEnvCollector(make_vec_env(cfg.env, num_envs=cfg.trainer.num_seeds * cfg.env.num_envs), device,
+                              cfg.seeds)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:

@@ -10,6 +10,12 @@
     # A2C on CartPole-v1, 8 envs, on a CPU
     python scripts/bench.py agent=a2c env=cartpole env.num_envs=8 trainer.total_steps=100000 device=cpu
 
+    # TD3 on HalfCheetah-v5, 5 seeds as one batch (trainer.num_seeds), 1M steps per seed, evaluated every 100k steps
+    # outside the timed figure; SB3 (one seed) over a timed slice; LeanRL's published figure as the outside reference
+    python scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=async device=cuda \
+        trainer.compile=true trainer.overlap=true --eval-every 100000 --sb3-steps 27000 \
+        --reference "LeanRL TD3, 1 seed, H100 (published)=936"
+
 Positional arguments are Hydra overrides of our run (exactly as ``python -m rl.train`` takes them); each
 ``--variant NAME [overrides...]`` adds a run of ours with more overrides (default: one run, "ours"). SB3 gets
 the same env id, number of envs, network sizes, batch size, learning rates, γ, τ, exploration noise,
@@ -20,6 +26,10 @@ For every run it prints (as soon as that run ends) env steps per second over the
 after the random warm-up, where updates happen, with no evaluation inside (``trainer.eval_every=0``; SB3's
 ``learn()`` evaluates nothing either) — the mean eval return at the end, and our ratio to SB3. SPS is a
 rate, so SB3 may be timed over fewer steps (``--sb3-steps``) as long as both are past the warm-up.
+``--eval-every N`` evaluates ours every N steps (per seed) and leaves those evaluations out of the timed figure,
+printing a line at each (a run cut short by a time limit still shows its rate so far). With ``trainer.num_seeds=K``
+our SPS is env steps per second summed over the K seeds (K × one seed's rate), beside SB3's one seed;
+``--reference LABEL=SPS`` prints a published figure beside ours.
 """
 
 from __future__ import annotations
@@ -53,11 +63,12 @@ def compose(overrides: list[str]) -> Config:
     return to_config(cfg)
 
 
-def ours(cfg: Config) -> dict:
-    """One run of ours; SPS over the steps after ``trainer.learning_starts``."""
+def ours(cfg: Config, name: str = "ours") -> dict:
+    """One run of ours; env steps per second (summed over ``trainer.num_seeds``) over the steps after
+    ``trainer.learning_starts``, evaluations left out."""
     agent = build_agent(cfg)
     trainer = Trainer(cfg, agent, run_dir=None)
-    tc = cfg.trainer
+    tc, k = cfg.trainer, cfg.trainer.num_seeds
     t0 = time.perf_counter()
     warm = tc.learning_starts if agent.random_warmup else 0
     if warm:
@@ -67,11 +78,26 @@ def ours(cfg: Config) -> dict:
         torch.cuda.reset_peak_memory_stats()
     t1 = time.perf_counter()
     start = trainer.step
+    evals: list[dict] = []
+    evaluate = trainer.evaluate
+
+    def timed_evaluate() -> dict:  # the trainer's evaluations, timed and left out of the figure
+        t = time.perf_counter()
+        result = evaluate()
+        evals.append({"step": trainer.step, "seconds": time.perf_counter() - t, "return_mean": result["return_mean"]})
+        busy = time.perf_counter() - t1 - sum(e["seconds"] for e in evals)
+        print(f"  {name}: step {trainer.step:,}: {k * (trainer.step - start) / busy:,.0f} SPS so far, eval return "
+              f"{fmt_return(result['return_mean'])} ({evals[-1]['seconds']:.1f} s)", flush=True)
+        return result
+
+    trainer.evaluate = timed_evaluate
     result = trainer.run(tc.total_steps)
-    wall = time.perf_counter() - t0
+    timed_wall = time.perf_counter() - t1
     trainer.close()
-    out = {"sps": result["sps"], "timed_steps": trainer.step - start, "steps": trainer.step, "wall_s": wall,
-           "return_mean": result.get("return_mean", float("nan")), "timed_wall_s": time.perf_counter() - t1}
+    eval_s = sum(e["seconds"] for e in evals)
+    out = {"sps": k * (trainer.step - start) / (timed_wall - eval_s), "num_seeds": k, "timed_steps": trainer.step - start,
+           "steps": trainer.step, "wall_s": time.perf_counter() - t0, "timed_wall_s": timed_wall - eval_s,
+           "eval_s": eval_s, "return_mean": result.get("return_mean", float("nan")), "evals": evals}
     if agent.device.type == "cuda":
         out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -122,10 +148,19 @@ def sb3(cfg: Config, steps: int, num_envs: int, seed: int, learning_starts: int 
             "return_mean": float(mean), "timed_wall_s": t2 - t1}
 
 
+def fmt_return(value: float | list[float]) -> str:
+    """One return, or K returns (one per seed) as their mean ± std over the seeds."""
+    if isinstance(value, list):
+        return f"{np.mean(value):8.1f} ± {np.std(value):.1f} over {len(value)} seeds"
+    return f"{value:8.1f}"
+
+
 def fmt(r: dict) -> str:
     mem = f", GPU peak {r['gpu_peak_mib']:.0f} MiB" if "gpu_peak_mib" in r else ""
-    return (f"{r['sps']:>12,.0f} SPS  return {r['return_mean']:8.1f}  ({r['steps']:,} steps, "
-            f"{r['timed_steps']:,} timed in {r['timed_wall_s']:.1f} s{mem})")
+    seeds = f" summed over {r['num_seeds']} seeds" if r.get("num_seeds", 1) > 1 else ""
+    evals = f", {len(r['evals'])} evaluations in {r['eval_s']:.1f} s not timed" if r.get("evals") else ""
+    return (f"{r['sps']:>12,.0f} SPS{seeds}  return {fmt_return(r['return_mean'])}  ({r['steps']:,} steps per seed, "
+            f"{r['timed_steps']:,} timed in {r['timed_wall_s']:.1f} s{evals}{mem})")
 
 
 def main() -> None:
@@ -138,12 +173,17 @@ def main() -> None:
     p.add_argument("--sb3-num-envs", type=int, default=0, help="SB3's envs (default: ours)")
     p.add_argument("--sb3-learning-starts", type=int, default=None, help="SB3's random warm-up (default: ours)")
     p.add_argument("--no-sb3", action="store_true")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate ours every N steps per seed, outside the timed "
+                                                              "figure (default: only at the end)")
+    p.add_argument("--reference", action="append", default=[], metavar="LABEL=SPS",
+                   help="a published figure to print beside ours, e.g. 'LeanRL TD3, 1 seed, H100=936' (repeatable)")
     p.add_argument("--json", default=None, help="write every result here (default: $OUT/bench_<agent>_<env>.json "
                                                  "when $OUT is set)")
     args = p.parse_args()
     variants = args.variant or [["ours"]]
     # no evaluation inside the timed loop (SB3's learn() evaluates nothing either): one evaluation at the end
-    fixed = ["trainer.progress=false", "logger.tensorboard=false", "trainer.eval_every=0"]
+    fixed = ["trainer.progress=false", "logger.tensorboard=false", f"trainer.eval_every={args.eval_every}"]
+    references = [(label.strip(), float(sps)) for label, sps in (r.rsplit("=", 1) for r in args.reference)]
     base = compose(args.overrides + fixed)
     device = resolve_device(base.device)
     if device.type == "cpu":
@@ -163,7 +203,7 @@ def main() -> None:
             rows.append({"seed": seed, "variant": "sb3", **(b or {})})
         for name, *extra in variants:
             cfg = compose(args.overrides + list(extra) + [f"seed={seed}", *fixed])
-            a = ours(cfg)
+            a = ours(cfg, name)
             ratio = f"  {a['sps'] / b['sps']:6.2f}x SB3" if b else ""
             print(f"seed {seed}  {name:<10}" + fmt(a) + ratio, flush=True)
             rows.append({"seed": seed, "variant": name, "overrides": list(extra), **a})
@@ -173,13 +213,17 @@ def main() -> None:
     for name in names:
         rs = [r for r in rows if r["variant"] == name and "sps" in r]
         if rs:
-            sps, ret = np.mean([r["sps"] for r in rs]), np.mean([r["return_mean"] for r in rs])
-            print(f"  {name:<10} {sps:>12,.0f} SPS  return {ret:8.1f}  ({sps / sb3_sps:.2f}x SB3)")
+            sps, ret = np.mean([r["sps"] for r in rs]), np.mean([np.mean(r["return_mean"]) for r in rs])
+            ratios = [f"{sps / ref:.2f}x {label}" for label, ref in [("SB3", sb3_sps), *references] if ref > 0]
+            print(f"  {name:<10} {sps:>12,.0f} SPS  return {ret:8.1f}  ({', '.join(ratios)})")
+    for label, ref in references:
+        print(f"  {label}: {ref:,.0f} SPS")
     path = args.json or (os.path.join(os.environ["OUT"], f"bench_{base.agent.name}_{base.env.name}.json")
                          if os.environ.get("OUT") else None)
     if path:
         with open(path, "w") as f:
-            json.dump({"command": sys.argv, "hardware": hw, "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({"command": sys.argv, "hardware": hw, "torch": torch.__version__, "rows": rows,
+                       "references": dict(references)}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 # with `pip install ".[mujoco,bench]"` done; each section prints a table and, when $OUT is set, writes JSON there).
 #
 #   bash scripts/bench_gpu.sh tests halfcheetah        # pytest -m gpu; DDPG HalfCheetah-v5 vs SB3
+#   bash scripts/bench_gpu.sh td3-seeds                # TD3 HalfCheetah-v5, 5 seeds in one process, vs SB3 and LeanRL
 #   bash scripts/bench_gpu.sh pendulum cartpole profiles halfcheetah-eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,12 @@ for section in "$@"; do
     halfcheetah-eager)  # eager vs CUDA graphs at equal steps
       $PY scripts/bench.py "${HC[@]}" trainer.total_steps=30000 --no-sb3 --seeds 0 \
         --variant eager trainer.compile=false --variant graphs trainer.compile=true ;;
+    td3-seeds)  # TD3, 5 seeds as one batch (trainer.num_seeds=5), 500k steps per seed (the rate of a 1M run: ≥ 8,300
+      # env steps/s summed over the seeds ⇔ 1M steps per seed in 10 min), evaluated every 100k outside the timed
+      # figure; SB3's TD3 (one seed) over 2,000 steps after its 25k-step warm-up; LeanRL's published figure beside
+      $PY scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=async device=cuda \
+        trainer.compile=true trainer.overlap=true trainer.total_steps=500000 --eval-every 100000 --sb3-steps 27000 \
+        --reference "LeanRL TD3, 1 seed, H100 (published)=936" ;;
     pendulum)  # DDPG on 4096 GPU pendulums (wall_s: from building the agent to the end of the final evaluation)
       $PY scripts/bench.py +experiment=ddpg_pendulum_gpu device=cuda --sb3-num-envs 1 --sb3-steps 4000 \
         --sb3-learning-starts 1000 --seeds 0 1 2 ;;
@@ -35,6 +42,6 @@ for section in "$@"; do
         --steps 3000 ;
       $PY scripts/profile_run.py +experiment=ddpg_pendulum_gpu device=cuda --steps 4000000 --kernels ;
       $PY scripts/profile_run.py +experiment=a2c_cartpole_gpu device=cuda --steps 8000000 --kernels ;;
-    *) echo "unknown section $section (tests halfcheetah halfcheetah-eager pendulum cartpole profiles)"; exit 2 ;;
+    *) echo "unknown section $section (tests halfcheetah halfcheetah-eager td3-seeds pendulum cartpole profiles)"; exit 2 ;;
   esac
 done

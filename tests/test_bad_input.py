@@ -135,6 +135,12 @@ CASES: dict[str, Case] = {
     "unknown optimizer": Case("agent.optimizer must be adam, sgd or rmsprop, got 'lbfgs'",
                               ("agent=a2c", "env=cartpole", "agent.optimizer=lbfgs")),
     "keep no checkpoint": Case("trainer.keep_checkpoints must be > 0, got 0", ("trainer.keep_checkpoints=0",)),
+    "no seeds": Case("trainer.num_seeds must be > 0, got 0", ("trainer.num_seeds=0",)),
+    "several seeds of an agent that lacks them": Case(
+        "trainer.num_seeds=2: agent=a2c trains one seed per process (trainer.num_seeds batches the seeds of ddpg, td3)",
+        ("agent=a2c", "env=cartpole", "trainer.num_seeds=2")),
+    "several seeds on a batched torch env": Case("trainer.num_seeds=3 needs env.backend=gymnasium",
+                                                 ("env=pendulum_gpu", "trainer.num_seeds=3")),
     # -- spaces ----------------------------------------------------------------------------------------
     "DDPG on discrete actions": Case("DDPG needs a continuous (Box) action space, but the env has Discrete(2)",
                                      ("env=cartpole",)),
@@ -177,6 +183,9 @@ CASES: dict[str, Case] = {
                                               base=False, setup=copy_run),
     "resume with a preset": Case("experiment cannot apply to a resumed run",
                                  ("trainer.resume=run", "+experiment=ddpg_pendulum_gpu"), base=False, setup=copy_run),
+    "resume with another number of seeds": Case("trainer.num_seeds (saved 1, given 2); on resume only",
+                                                ("trainer.resume=run", "trainer.num_seeds=2", "trainer.total_steps=400"),
+                                                base=False, setup=copy_run),
     "resume a finished run": Case("run already reached trainer.total_steps=200 (step 200)", ("trainer.resume=run",),
                                   base=False, setup=copy_run),
     "resume an older unit than the newest": Case(
@@ -212,6 +221,13 @@ CASES: dict[str, Case] = {
                                        call=lambda _: DDPG.from_env("Pendulum-v1", actor_lr="fast")),
     "notebook: negative learning rate": Case("agent.actor_lr must be > 0, got -1",
                                              call=lambda _: DDPG.from_env("Pendulum-v1", actor_lr=-1)),
+    "notebook: no seeds": Case("trainer.num_seeds must be > 0, got 0",
+                               call=lambda _: DDPG.from_env("Pendulum-v1", device="cpu", num_seeds=0)),
+    "notebook: several seeds of an agent that lacks them": Case(
+        "trainer.num_seeds=3: agent=a2c trains one seed per process",
+        call=lambda _: A2C.from_env("CartPole-v1", device="cpu", num_seeds=3)),
+    "notebook: learn with another number of seeds": Case("learn() cannot change num_seeds (this agent holds 1)",
+                                                         call=lambda _: pendulum_agent().learn(10, num_seeds=3)),
     "notebook: learn no steps": Case("learn(total_steps) must be a positive number of steps, got 0",
                                      call=lambda _: pendulum_agent().learn(0)),
     "notebook: observation of the wrong shape": Case(

@@ -17,7 +17,7 @@ BOX_ACT = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
 
 def test_critic_target_min_of_twins_and_termination():
     r = torch.tensor([1.0, 1.0, 1.0])
-    next_qs = [torch.tensor([2.0, 5.0, 3.0]), torch.tensor([4.0, 1.0, 3.0])]  # min: 2, 1, 3
+    next_qs = torch.tensor([[2.0, 5.0, 3.0], [4.0, 1.0, 3.0]])  # [critics, batch]; min: 2, 1, 3
     terminated = torch.tensor([False, False, True])
     y = critic_target(r, next_qs, terminated, gamma=0.5)
     assert y.tolist() == pytest.approx([2.0, 1.5, 1.0])  # 1 + .5*2, 1 + .5*1, 1 (no bootstrap)
@@ -25,13 +25,16 @@ def test_critic_target_min_of_twins_and_termination():
 
 def test_truncation_still_bootstraps():
     # A time-limit cut is not a terminal state: only `terminated` enters the target.
-    y = critic_target(torch.tensor([0.0]), [torch.tensor([10.0])], torch.tensor([False]), gamma=0.99)
+    y = critic_target(torch.tensor([0.0]), torch.tensor([[10.0]]), torch.tensor([False]), gamma=0.99)
     assert y.item() == pytest.approx(9.9)
 
 
 def test_critic_loss_sums_mse_over_critics():
-    qs = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 0.0])]
+    qs = torch.tensor([[1.0, 2.0], [3.0, 0.0]])  # [critics, batch]
     assert critic_loss(qs, torch.tensor([1.0, 1.0])).item() == pytest.approx(0.5 + 2.5)
+    # with a leading seed axis: one loss per seed, each from its own critics and targets
+    per_seed = critic_loss(torch.stack([qs, qs + 1]), torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    assert per_seed.tolist() == pytest.approx([0.5 + 2.5, (4 + 9) / 2 + (16 + 1) / 2])
 
 
 def test_actor_loss_gradient_is_dpg():
@@ -77,7 +80,7 @@ def test_policy_delay():
     assert "actor" not in m1 and all(torch.equal(a, b) for a, b in zip(before, agent.actor.parameters()))
     m2 = agent.update(fake_batch())
     assert "actor" in m2 and not all(torch.equal(a, b) for a, b in zip(before, agent.actor.parameters()))
-    assert len(agent.critics) == 2
+    assert agent.critics.net[0].weight.shape[0] == 2  # two critic members for the one seed
 
 
 def test_actions_stay_in_bounds():
@@ -102,7 +105,7 @@ def test_collector_stores_final_obs_on_truncation():
     envs = make_vec_env(EnvConfig(id="Pendulum-v1", num_envs=2))
     agent = make_agent()
     buf = ReplayBuffer(500, transition_spec(envs.single_observation_space, envs.single_action_space))
-    col = VectorEnvCollector(envs, torch.device("cpu"), seed=0)
+    col = VectorEnvCollector(envs, torch.device("cpu"), seeds=[0])
     finished = []
     for _ in range(200):
         finished += col.collect(agent, buf, random_actions=True)[1]
@@ -111,5 +114,5 @@ def test_collector_stores_final_obs_on_truncation():
     assert not torch.allclose(last["next_obs"], col.obs)  # col.obs is the new episode's first obs
     # the final next_obs continues the trajectory: |θ̇| bounded by 8, and cos²+sin² = 1
     assert torch.allclose(last["next_obs"][:, 0] ** 2 + last["next_obs"][:, 1] ** 2, torch.ones(2), atol=1e-5)
-    assert len(finished) == 2 and all(length == 200 for _, length in finished)
+    assert len(finished) == 2 and all(length == 200 and seed == 0 for _, length, seed in finished)
     envs.close()

@@ -64,6 +64,27 @@ def test_graphed_ddpg_update_equals_eager(delay):
     torch.testing.assert_close(params(graphed), params(eager), rtol=1e-5, atol=1e-5)
 
 
+def test_graphed_update_of_three_seeds_equals_eager():
+    # K = 3 seeds as one batch (trainer.num_seeds): TD3 with target-policy noise drawn from each seed's own CUDA
+    # generator inside the graphs (registered with them), both phases. The copy starts from the same generator
+    # states, so eager and graphed updates draw the same noise and must agree to float32 rounding; the exploring
+    # action (graphed too, the same generators) as well.
+    cfg = DDPGConfig(twin_critics=True, policy_delay=2, target_policy_noise=0.2)
+    eager = DDPG(OBS, ACT, cfg, CUDA, seeds=[0, 1, 2])
+    graphed = copy.deepcopy(eager)
+    assert graphed.use_cuda_graphs() and len(graphed.generators) == 3
+    obs = torch.randn(3 * 4, 17, generator=torch.Generator().manual_seed(5)).to(CUDA)
+    for i, batch in enumerate(replay_batches(24, 3 * 256)):
+        a, b = eager.update(to_cuda(batch)), graphed.update(to_cuda(batch))
+        assert set(a) == set(b) and all(v.shape == (3,) for v in a.values()), i
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=f"update {i}: {k}")
+        torch.testing.assert_close(graphed.explore(obs)[0], eager.act(obs, explore=True)[0], rtol=1e-5, atol=1e-5)
+    assert len(graphed._graphed_update.graphs) == 2 and graphed._graphed_act.graphs
+    torch.testing.assert_close(params(graphed), params(eager), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(graphed.actor.net[0].weight[0], graphed.actor.net[0].weight[1])  # three agents
+
+
 @pytest.mark.parametrize("cls, cfg", [(A2C, A2CConfig()), (QAC, QACConfig())], ids=["a2c", "qac"])
 def test_graphed_rollout_update_equals_eager(cls, cfg):
     # QAC draws a' ~ π(·|s') inside the update: with the CUDA generator reseeded before each update, a replayed
@@ -174,7 +195,7 @@ def test_pinned_asynchronous_uploads_store_what_the_host_saw():
     stored = []
     for device in (torch.device("cpu"), CUDA):
         envs = make_vec_env(EnvConfig(name="pendulum", id="Pendulum-v1", num_envs=4, max_episode_steps=7))
-        collector = VectorEnvCollector(envs, device, seed=0)
+        collector = VectorEnvCollector(envs, device, seeds=[0])
         storage = ReplayBuffer(100, transition_spec(envs.single_observation_space, envs.single_action_space), device)
         for _ in range(20):
             collector.collect(None, storage, True)

@@ -1,8 +1,12 @@
 """The benchmark and profiling scripts run end to end (tiny settings, CPU): what the GPU runs rely on."""
 
+import importlib.util
 import json
 import subprocess
 import sys
+
+import numpy as np
+import pytest
 
 from tests.conftest import ROOT
 
@@ -23,6 +27,45 @@ def test_bench_prints_every_variant_and_writes_json(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["seed"], r["variant"]) for r in rows] == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
     assert all(r["timed_steps"] == 200 and r["sps"] > 0 for r in rows)
+
+
+def test_bench_of_batched_seeds_leaves_evaluations_out_and_prints_the_reference(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = script("scripts/bench.py", *TINY, "agent=td3", "trainer.num_seeds=2", "--eval-every", "100", "--no-sb3",
+                  "--reference", "LeanRL TD3, 1 seed, H100 (published)=936", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "SPS summed over 2 seeds" in proc.stdout and "x LeanRL TD3, 1 seed, H100 (published)" in proc.stdout
+    assert [line.split(":")[1].strip() for line in proc.stdout.splitlines() if "SPS so far" in line] == [
+        "step 300", "step 400"]  # the timed phase's evaluations (the warm-up's at step 200 is before the clock)
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["num_seeds"] == 2 and len(row["return_mean"]) == 2 and [e["step"] for e in row["evals"]] == [300, 400]
+    assert row["eval_s"] > 0 and row["sps"] == pytest.approx(2 * 200 / row["timed_wall_s"])
+
+
+def test_mujoco_table_stops_at_its_time_limit_continues_and_reports(tmp_path):
+    """The table script on Pendulum (the protocol's machinery without MuJoCo): stopped by its time limit (exit 75),
+    continued by the same command to the end, then the statistics of the curves it read back from TensorBoard."""
+    args = ["scripts/mujoco_table.py", "td3", "pendulum", "device=cpu", "trainer.learning_starts=100",
+            "trainer.eval_every=100", "trainer.eval_episodes=2", "agent.hidden_sizes=[16,16]", "buffer.capacity=5000",
+            "--seeds", "2", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
+    proc = script(*args, "--steps", "100000", "--minutes", "0.001")  # the time limit (at least 1 s of training)
+    assert proc.returncode == 75, proc.stderr
+    stopped = int(proc.stdout.split("stopped at step ")[1].split(" ")[0].replace(",", ""))
+    total = (stopped // 100 + 4) * 100
+    proc = script(*args, "--steps", str(total))
+    assert proc.returncode == 0, proc.stderr
+    assert f"continuing {tmp_path / 'run'} from step {stopped:,}" in proc.stdout
+    r = json.loads((tmp_path / "out" / "td3_pendulum.json").read_text())
+    curves = np.array(r["eval_return_mean"])
+    assert r["eval_steps"] == list(range(100, total + 1, 100)) and curves.shape == (2, total // 100)
+    assert r["max_average_return"]["per_seed"] == curves.max(axis=1).tolist()
+    assert r["last10_average_return"]["mean"] == pytest.approx(curves[:, -10:].mean())
+    assert r["max_average_return"]["std"] == pytest.approx(curves.max(axis=1).std())
+    assert [s["to_step"] for s in r["segments"]] == [stopped, total] and r["paper"] is None
+    assert len(r["training_return_last10"]["per_seed"]) == 2  # CleanRL's metric: training episodes (200 steps)
+    assert (tmp_path / "out" / "td3_pendulum.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
+    proc = script("scripts/mujoco_table.py", "--report", str(tmp_path / "out"))
+    assert proc.returncode == 0 and f"| TD3 | Pendulum-v1 | {r['max_average_return']['mean']:,.0f} ± " in proc.stdout
 
 
 def test_profile_reports_the_parts_of_the_loop():

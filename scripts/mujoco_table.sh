@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The MuJoCo table's device runs (scripts/mujoco_table.py): each AGENT:ENV argument runs on its own GPU (the i-th on
+# GPU i), all at once, 5 seeds x 1M steps each, every one stopping cleanly after $MINUTES (default 9) minutes; run
+# the same command again (on the same, still warm machine: the runs continue from outputs/table/) until every task
+# says "done". Logs: $OUT/table_<agent>_<env>.log (appended); JSON and PNG in $OUT once a task reaches 1M steps.
+#
+#   bash scripts/mujoco_table.sh td3:halfcheetah td3:hopper          # a 2-GPU machine
+#   MINUTES=0.5 bash scripts/mujoco_table.sh td3:hopper              # a short check
+#   ARGS="device=cpu --seeds 2 --steps 2000" bash scripts/mujoco_table.sh td3:pendulum   # more arguments for each task
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+OUT=${OUT:-docs/results/mujoco}
+mkdir -p "$OUT"
+pids=()
+i=0
+for task in "$@"; do
+  agent=${task%%:*} env=${task#*:}
+  echo "=== $task on GPU $i ($(date -u '+%Y-%m-%d %H:%M UTC'))" >> "$OUT/table_${agent}_${env}.log"
+  # shellcheck disable=SC2086  # ARGS: several words
+  CUDA_VISIBLE_DEVICES=$i $PY scripts/mujoco_table.py "$agent" "$env" --minutes "${MINUTES:-9}" --out "$OUT" ${ARGS:-} \
+    >> "$OUT/table_${agent}_${env}.log" 2>&1 &
+  pids+=($!)
+  i=$((i + 1))
+done
+i=0
+for task in "$@"; do
+  wait "${pids[$i]}"
+  rc=$?
+  case $rc in 0) status=done ;; 75) status="stopped at the time limit: run again" ;; *) status="FAILED (exit $rc)" ;; esac
+  echo "== $task: $status"
+  grep -v -e settotalmass -e '^$' "$OUT/table_${task%%:*}_${task#*:}.log" | tail -n 3
+  i=$((i + 1))
+done

@@ -4,7 +4,8 @@
     sampler      which prompts an iteration trains on: ProblemSampler (curriculum, prioritized)
     collector    one iteration's rollouts: LLMCollector (partial rollouts, repetition cut, rewards), IterationBatch
     policies     the models: TinyPolicy, HFPolicy (LoRA, chat templates), Scorer (the learner's forward)
-    agent        Kimi: the update (micro-batches, master weights, DDP / FSDP), evaluation, notebook API
+    agent        Kimi: the update (micro-batches, master weights, DDP / FSDP), warm start, storage, collector
+    api          its notebook API and evaluation: from_task, sample, held_out, evaluate, predict, export, load
     long2short   merge_weights, shortest_rejection_sampling, dpo_pairs
 """
 

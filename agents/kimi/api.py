@@ -120,8 +120,8 @@ class KimiAPI:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Any:
-        """Load what :meth:`save` or the trainer wrote (a run directory works too)."""
-        state = checkpoint.load(checkpoint.resolve(path))
+        """Load what :meth:`save` or the trainer wrote (a run directory: its newest complete checkpoint)."""
+        state = checkpoint.load_newest(path).state
         cfg = replace(from_yaml(state["config"]), device=device)
         if not isinstance(cfg.agent, KimiConfig):
             raise ConfigError(f"{path} holds a {cfg.agent.name} agent, not kimi")

@@ -40,7 +40,23 @@ def make_render_env(env: EnvConfig) -> gym.Env:
     if "rgb_array" not in made.metadata.get("render_modes", []):
         made.close()
         raise ConfigError(f"trainer.video=true: env {env.id!r} has no rgb_array render mode")
+    if _has_tracking_camera(made) and not any(k in env.kwargs for k in ("camera_name", "camera_id")):
+        made.close()  # MuJoCo locomotion: the camera that follows the body, not a fixed one it runs out of
+        made = gym.make(env.id, render_mode="rgb_array", max_episode_steps=env.max_episode_steps,
+                        camera_name=TRACKING_CAMERA, **env.kwargs)
     return made
+
+
+TRACKING_CAMERA = "track"  # the camera that follows the torso in gymnasium's MuJoCo locomotion models
+
+
+def _has_tracking_camera(env: gym.Env) -> bool:
+    model = getattr(env.unwrapped, "model", None)
+    if model is None or not hasattr(model, "ncam"):
+        return False
+    import mujoco
+
+    return mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, TRACKING_CAMERA) >= 0
 
 
 @torch.no_grad()

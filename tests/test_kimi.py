@@ -105,14 +105,17 @@ def test_response_logprobs_chunked_equal_the_full_log_softmax(temperature):
     start, end = torch.tensor([len(c) for c in context]), torch.tensor([len(r) for r in rows])
     full = torch.log_softmax(model(ids) / temperature, -1)
     want = torch.stack([sum(full[i, t - 1, ids[i, t]] for t in range(start[i], end[i])) for i in range(2)])
-    (g_want,) = torch.autograd.grad(want.sum(), model.head.weight)
-    for chunk in (1, 5, 1024):
-        got, token, row = response_logprobs(model.hidden_states(ids), model.head, ids, start, end, temperature, chunk)
-        assert torch.allclose(got, want, atol=1e-10) and row.tolist() == [0] * 6 + [1] * 9 and len(token) == 15
-        (g,) = torch.autograd.grad(got.sum(), model.head.weight)
-        assert torch.allclose(g, g_want, atol=1e-10)
-    empty, _, _ = response_logprobs(model.hidden_states(ids), model.head, ids, end, end, temperature)
-    assert empty.tolist() == [0.0, 0.0]  # an empty segment: log-prob 0
+    params = [p for p in model.parameters()]  # the head's weight is tied to the embedding; the blocks get ∂h
+    g_want = torch.autograd.grad((want * torch.tensor([1.0, -0.5], dtype=want.dtype)).sum(), params)
+    for head in (model.head, model.head.weight):  # a callable (checkpointed) or the weight (LinearLogprob)
+        for chunk in (1, 5, 1024):
+            got, token, row = response_logprobs(model.hidden_states(ids), head, ids, start, end, temperature, chunk)
+            assert torch.allclose(got, want, atol=1e-10) and row.tolist() == [0] * 6 + [1] * 9 and len(token) == 15
+            g = torch.autograd.grad((got * torch.tensor([1.0, -0.5], dtype=got.dtype)).sum(), params)
+            assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(g, g_want))
+    for head in (model.head, model.head.weight):
+        empty, _, _ = response_logprobs(model.hidden_states(ids), head, ids, end, end, temperature)
+        assert empty.tolist() == [0.0, 0.0]  # an empty segment: log-prob 0
 
 
 # ------------------------------------------------------------------------------------------- length penalty
@@ -545,6 +548,67 @@ def test_llama_decoder_gives_the_full_forward_logits(tmp_path, arch):
         torch.testing.assert_close(teacher_forced(fast, prompts[:2], tokens[:2], 0), want[:, :2], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="exceed the model's context"):
         fast.prefill(torch.ones(1, 60, dtype=torch.long), torch.ones(1, 60, dtype=torch.bool), 9)
+    assert fast.fused and all(w is not None and "qkv" in w for w in fast.fused)  # the fused path ran
+    unfused = LlamaDecoder(model, window=8, fuse=False)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher_forced(unfused, prompts, tokens, 0), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_fused_rms_norms_compute_the_same_function(arch):
+    """rl.lm.fused.fuse_rms_norms routes every Llama-family RMSNorm through one F.rms_norm: the model's logits and
+    every parameter's gradient are unchanged (to float32 rounding: transformers computes its norms in float32 whatever
+    the model's dtype; here float64 elsewhere); a model of another family is left alone."""
+    pytest.importorskip("transformers")
+    from rl.lm.fused import fuse_rms_norms
+    from rl.lm.hf import model_config, random_model
+
+    model = random_model(model_config(arch, layers=2, hidden=64, heads=4, kv_heads=2, context=64, vocab=30),
+                         seed=4).double()
+    for m in model.modules():  # HF starts RMSNorm weights at 1: make them count
+        if type(m).__name__.endswith("RMSNorm"):
+            torch.nn.init.normal_(m.weight, 1.0, 0.3)
+    ids = torch.randint(3, 30, (2, 9), generator=torch.Generator().manual_seed(0))
+
+    def logits_and_grads():
+        model.zero_grad()
+        out = model(input_ids=ids).logits
+        (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    want, g_want = logits_and_grads()
+    count = fuse_rms_norms(model)
+    assert count == (0 if arch == "gpt2" else 2 * 2 + 1)  # two per layer and the final norm
+    got, g = logits_and_grads()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(g, g_want))
+
+
+def test_llama_decoder_follows_weight_updates_and_lora_adapters():
+    """The decoder's fused weights (q/k/v and gate/up concatenated, LoRA merged) are refreshed at every prefill, in
+    place: after the weights change (an optimizer step, new adapter values), its logits are those of the changed
+    model's forward — with peft LoRA adapters on every linear layer too."""
+    pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from rl.lm.decoders import LlamaDecoder
+    from rl.lm.hf import model_config, random_model
+
+    model = random_model(model_config("qwen2", layers=2, hidden=64, heads=4, kv_heads=2, context=64, vocab=30), seed=3)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    prompts = [[1, 5, 7, 9], [1, 3]]
+    tokens = torch.randint(3, 30, (2, 6), generator=torch.Generator().manual_seed(1))
+    decoder = LlamaDecoder(model, window=8)
+    for round_ in range(2):
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:  # peft starts B at 0: give the adapters (new) values
+                    p.copy_(torch.randn_like(p) * 0.1)
+            want = torch.stack([model(input_ids=torch.tensor([p + tokens[i].tolist()])).logits[0, len(p) - 1:-1]
+                                for i, p in enumerate(prompts)], dim=1)
+            torch.testing.assert_close(teacher_forced(decoder, prompts, tokens, 0), want, rtol=1e-4, atol=1e-4)
+        if round_ == 0:
+            buffers = [w["qkv"] for w in decoder.fused]
+    assert all(a is w["qkv"] for a, w in zip(buffers, decoder.fused))  # refreshed in place (graphs stay valid)
 
 
 @pytest.mark.gpu
@@ -921,8 +985,26 @@ def test_bench_llm_smoke(tmp_path, trl):
     assert result["ours"]["samples"] == 2 * 4 * 2 and result["ours"]["samples_per_s"] > 0
     assert result["ours"]["gen_tokens_per_s"] > 0
     if trl:
-        assert result["trl"]["samples_per_s"] > 0 and result["ratio_ours"]["samples_per_s"] > 0
+        assert result["trl"]["samples_per_s"] > 0 and result["ratio"]["samples_per_s"] > 0
         assert "ours / TRL" in proc.stdout
+
+
+def test_profile_kimi_smoke(tmp_path):
+    """scripts/profile_kimi.py with tiny settings on the CPU: an update per variant (time, memory), the per-phase
+    profile, and the decoding step's time."""
+    from tests.conftest import ROOT
+
+    pytest.importorskip("transformers")
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, "scripts/profile_kimi.py", "--shape", "tiny", "--device", "cpu",
+                           "--prompts", "2", "--k", "2", "--max-new-tokens", "12", "--micro-tokens", "64",
+                           "--chunks", "8", "1024", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert [v["chunk"] for v in result["update"]["variants"]] == [8, 1024]
+    assert all(v["update_s"] > 0 for v in result["update"]["variants"])
+    assert result["decode"]["eager"]["ms_per_step"] > 0 and "update phases" in proc.stdout
 
 
 @pytest.mark.slow

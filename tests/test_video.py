@@ -55,3 +55,20 @@ def test_video_of_halfcheetah_on_the_device(tmp_path):
     ea = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
     ea.Reload()
     assert [g.step for g in ea.Images("eval/video")] == [2000]
+
+
+@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5"])
+def test_mujoco_videos_follow_the_body(env_id):
+    """A MuJoCo locomotion env renders from its "track" camera (it follows the torso; the default free camera
+    stays put and a fast runner leaves the frame); a camera the user chose in env.kwargs is kept."""
+    mujoco = pytest.importorskip("mujoco")
+    from rl.config import EnvConfig
+    from rl.video import make_render_env
+
+    env = make_render_env(EnvConfig(id=env_id))
+    model = env.unwrapped.model
+    assert env.unwrapped.mujoco_renderer.camera_id == mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track") >= 0
+    env.close()
+    env = make_render_env(EnvConfig(id=env_id, kwargs={"camera_id": -1}))
+    assert env.unwrapped.mujoco_renderer.camera_id == -1
+    env.close()

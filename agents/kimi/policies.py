@@ -6,7 +6,7 @@ directory, optionally with LoRA adapters (``peft``), gradient checkpointing, and
 
     encode(problem or text) -> prompt ids      decode(ids) -> text
     generate(prompts, n, temperature, uniforms) -> GenerationOutput (with the log-probs of what it drew)
-    hidden(ids) -> final hidden states [N, W, H]       head(hidden) -> logits
+    hidden(ids) -> final hidden states [N, W, H]       head(hidden) -> logits      head_weight() -> W or None
 
 :class:`Scorer` is the learner's forward — ``log π_T(segment | context)`` per response — and the module that DDP or
 FSDP wraps in a torchrun run.
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from agents.kimi.config import KimiConfig
 from rl.config import ConfigError, check
 from rl.lm import CharTokenizer, GenerationOutput, TinyLM, TinyLMConfig, decode
+from rl.lm.fused import fuse_rms_norms
 from rl.lm.logprobs import response_logprobs
 from rl.lm.sampling import TinyDecoder
 
@@ -66,6 +67,9 @@ class TinyPolicy:
 
     def head(self, hidden: Tensor) -> Tensor:
         return self.module.head(hidden)
+
+    def head_weight(self) -> Tensor:
+        return self.module.head.weight
 
     def state(self) -> dict[str, Tensor]:
         return self.module.state_dict()
@@ -115,6 +119,7 @@ class HFPolicy:
         if self.tokenizer.eos_token_id is None:
             raise ConfigError(f"agent.model_path={path}: the tokenizer has no EOS token to end responses with")
         disable_dropout(model)
+        fuse_rms_norms(model)
         if cfg.gradient_checkpointing:  # transformers >= 5.20 renamed it
             if hasattr(model, "activation_checkpointing_enable"):
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -197,6 +202,14 @@ class HFPolicy:
         logits = self.lm.get_output_embeddings()(hidden)
         return logits if not self.softcap else self.softcap * torch.tanh(logits / self.softcap)
 
+    def head_weight(self) -> Tensor | None:
+        """The output projection's weight when the head is a plain bias-free linear map (no soft cap, no adapter):
+        the learner then scores with ``rl.lm.logprobs.LinearLogprob``; None otherwise."""
+        out = self.lm.get_output_embeddings()
+        if type(out) is nn.Linear and out.bias is None and not self.softcap:
+            return out.weight
+        return None
+
     # -- storage ---------------------------------------------------------------------------------------
     def state(self) -> dict[str, Tensor]:
         """What checkpoints keep: the adapters only with LoRA (the base model stays at model_path), else all."""
@@ -239,8 +252,9 @@ class Scorer(nn.Module):
         self.policy, self.temperature, self.chunk = policy, temperature, chunk
 
     def forward(self, ids: Tensor, start: Tensor, end: Tensor) -> Tensor:
-        seq, _, _ = response_logprobs(self.policy.hidden(ids), self.policy.head, ids, start, end, self.temperature,
-                                      self.chunk)
+        weight = self.policy.head_weight()  # read here: FSDP swaps in the whole parameter for the forward
+        seq, _, _ = response_logprobs(self.policy.hidden(ids), self.policy.head if weight is None else weight, ids,
+                                      start, end, self.temperature, self.chunk)
         return seq
 
 

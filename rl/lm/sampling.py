@@ -79,11 +79,28 @@ def sample_next(logits: Tensor, temperature: float, u: Tensor | None = None) -> 
         logp = F.log_softmax(logits.float(), dim=-1).gather(-1, tok[:, None]).squeeze(-1)
         return tok, logp
     probs = torch.softmax(logits if temperature == 1 else logits.float() / temperature, -1, dtype=torch.float32)
-    cdf = probs.cumsum(-1)
     if u is None:
         u = torch.rand(len(logits), device=logits.device)
-    tok = torch.searchsorted(cdf, (u.to(cdf.dtype) * cdf[:, -1])[:, None]).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    tok = inverse_cdf(probs, u)
     return tok, probs.gather(-1, tok[:, None]).squeeze(-1).log()
+
+
+def inverse_cdf(probs: Tensor, u: Tensor, block: int = 1024) -> Tensor:
+    """The first index whose cumulative probability exceeds ``u`` × the total, per row of probs [B, V]: the block
+    of ``block`` entries that holds it (a cumulative sum of block sums), then the entry inside that block (a
+    cumulative sum of one block) — two short scans instead of one over the whole vocabulary."""
+    B, V = probs.shape
+    nb = -(-V // block)
+    padded = F.pad(probs, (0, nb * block - V)) if nb * block != V else probs
+    blocks = padded.view(B, nb, block)
+    sums = blocks.sum(-1)  # [B, nb]
+    cum = sums.cumsum(-1)
+    target = u.to(cum.dtype)[:, None] * cum[:, -1:]
+    b = torch.searchsorted(cum, target).clamp_(max=nb - 1)  # [B, 1]
+    rest = target - (cum.gather(-1, b) - sums.gather(-1, b))  # what is left to cover inside block b
+    inner = blocks.gather(1, b[:, :, None].expand(B, 1, block)).squeeze(1).cumsum(-1)  # [B, block]
+    j = torch.searchsorted(inner, rest).clamp_(max=block - 1)
+    return (b * block + j).squeeze(-1).clamp_(max=V - 1)
 
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor]:

@@ -87,6 +87,19 @@ def disable_dropout(model: nn.Module) -> None:
         model.config.attention_dropout = 0.0
 
 
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Activation (gradient) checkpointing of a ``transformers`` model on or off (transformers >= 5.20 renamed it)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 class HFPolicy:
     """A ``transformers`` causal LM + tokenizer from a local directory; prompts start with BOS when it has one,
     chat rows go through the tokenizer's chat template."""
@@ -120,11 +133,8 @@ class HFPolicy:
             raise ConfigError(f"agent.model_path={path}: the tokenizer has no EOS token to end responses with")
         disable_dropout(model)
         fuse_rms_norms(model)
-        if cfg.gradient_checkpointing:  # transformers >= 5.20 renamed it
-            if hasattr(model, "activation_checkpointing_enable"):
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.gradient_checkpointing:
+            set_checkpointing(model, True)
         if cfg.lora.r > 0:
             model = self._add_lora(model, cfg)
         self.module = model.eval()

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rl.lm.fused import LLAMA_FAMILY
+from rl.lm.fused import LLAMA_FAMILY, rms_norm
 
 
 
@@ -67,14 +67,6 @@ class HFDecoder:
                          past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         return out.logits[:, -1]
-
-
-def _rms(norm: Any, x: Tensor) -> Tensor:
-    """An RMSNorm module of the Llama family as one fused ``F.rms_norm`` (its weight and epsilon)."""
-    eps = getattr(norm, "variance_epsilon", None)
-    if eps is None:
-        return norm(x)
-    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -197,23 +189,23 @@ class LlamaDecoder:
         D, heads, kv = self.head_dim, self.heads, self.kv_heads
         for i, layer in enumerate(self.core.layers):
             a, w = layer.self_attn, self.fused[i] if self.fused else None
-            h = _rms(layer.input_layernorm, x)
+            h = rms_norm(layer.input_layernorm, x)
             if w is not None:
                 q, k, v = F.linear(h, w["qkv"], w.get("qkv_bias")).view(B, T, heads + 2 * kv, D).split(
                     [heads, kv, kv], dim=2)
             else:
                 q, k, v = (proj(h).view(B, T, -1, D) for proj in (a.q_proj, a.k_proj, a.v_proj))
             if hasattr(a, "q_norm"):  # Qwen3: RMSNorm of each head's q and k
-                q, k = _rms(a.q_norm, q), _rms(a.k_norm, k)
+                q, k = rms_norm(a.q_norm, q), rms_norm(a.k_norm, k)
             out = attend(i, _rotate(q, cos_q, sin_q), _rotate(k, cos, sin), v)
             if w is None:
                 x = x + a.o_proj(out)
-                x = x + layer.mlp(_rms(layer.post_attention_layernorm, x))
+                x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
                 continue
             x = torch.addmm(x.view(B * T, H), out.reshape(B * T, -1), w["o"].T).view(B, T, H)  # x + out·Woᵀ
-            gate, up = F.linear(_rms(layer.post_attention_layernorm, x), w["gate_up"]).chunk(2, dim=-1)
+            gate, up = F.linear(rms_norm(layer.post_attention_layernorm, x), w["gate_up"]).chunk(2, dim=-1)
             x = torch.addmm(x.view(B * T, H), (layer.mlp.act_fn(gate) * up).view(B * T, -1), w["down"].T).view(B, T, H)
-        return self.lm.lm_head(_rms(self.core.norm, x[:, -1]))
+        return self.lm.lm_head(rms_norm(self.core.norm, x[:, -1]))
 
     @torch.no_grad()
     def prefill(self, ids: Tensor, mask: Tensor, new_tokens: int) -> Tensor:

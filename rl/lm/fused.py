@@ -19,8 +19,16 @@ from torch import Tensor, nn
 LLAMA_FAMILY = ("llama", "qwen2", "qwen3", "mistral")
 
 
+def rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
+    """A Llama-family RMSNorm module applied as one ``F.rms_norm`` (its weight and ε); any other norm as itself."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        return norm(x)
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+
+
 def _rms_forward(self: nn.Module, x: Tensor) -> Tensor:
-    return F.rms_norm(x, (x.shape[-1],), self.weight, self.variance_epsilon)
+    return rms_norm(self, x)
 
 
 def fuse_rms_norms(model: nn.Module) -> int:

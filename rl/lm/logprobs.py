@@ -37,14 +37,17 @@ def _scaled_logits(h: Tensor, weight: Tensor, temperature: float) -> Tensor:
     return z.div_(temperature) if temperature != 1 else z
 
 
+_MIXED_ADDMM = [True]  # False once this torch has shown it lacks addmm(..., out_dtype=) on CUDA
+
+
 def _add_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
     """``acc += a @ b`` with acc in float32 and a, b maybe bf16/fp16: on CUDA without rounding ``a @ b`` first."""
-    if acc.dtype != a.dtype and a.is_cuda:
+    if acc.dtype != a.dtype and a.is_cuda and _MIXED_ADDMM[0]:
         try:
             torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
             return
-        except (RuntimeError, TypeError):  # a torch without mixed-dtype addmm
-            pass
+        except (RuntimeError, TypeError):
+            _MIXED_ADDMM[0] = False
     acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 

@@ -44,53 +44,76 @@ def print_table(title: str, table: list[dict]) -> None:
         print(f"  {r['ms']:9.3f} ms  {r['share']:6.1%}  {r['calls']:8.1f}x  {r['name']}")
 
 
+VARIANTS = {  # name: LlamaDecoder options (rl/lm/decoders.py)
+    "bmm": {"attention": "bmm", "compile": False},  # the decoder before issue #11's kernels
+    "sdpa": {"attention": "sdpa", "compile": False},
+    "bmm+compile": {"attention": "bmm", "compile": True},
+    "sdpa+compile": {"attention": "sdpa", "compile": True},  # the default on CUDA
+}
+
+
+def decode_ms(model, ids, mask, steps: int, new_tokens: int, graphs: bool, **options) -> float:
+    """ms per decoding step (sampling included) over steps 8..steps, after 8 warm-up steps (graph capture)."""
+    from rl.lm.decoders import LlamaDecoder
+    from rl.lm.sampling import sample_next
+
+    dec = LlamaDecoder(model, cuda_graphs=graphs, **options)
+    logits = dec.prefill(ids, mask, new_tokens)
+    tok = logits.argmax(-1)
+    for t in range(8):
+        logits = dec.step(tok, t)
+    sync(ids.device)
+    start = time.perf_counter()
+    for t in range(8, steps):
+        logits = dec.step(tok, t)
+        tok, _ = sample_next(logits, 1.0)
+    sync(ids.device)
+    return (time.perf_counter() - start) / (steps - 8) * 1e3
+
+
 def profile_decode(agent, args, device) -> dict:
-    """Graph-replayed steps/s at ``rows`` rows, then the kernels of eager steps."""
+    """Graph-replayed ms/step of each decoder variant at each row count, then the kernels of one eager step."""
     from rl.lm.decoders import LlamaDecoder
     from rl.lm.sampling import pad_left, sample_next
 
     model = agent.model
+    steps = min(args.max_new_tokens - 1, 128)
+    result: dict = {"ms_per_step": {}}
+    cuda = device.type == "cuda"
+    for rows in args.decode_rows or [args.prompts * args.k]:
+        train = agent.task.train
+        prompts = [agent.policy.encode(train[i % len(train)]) for i in range(rows)]
+        ids, mask = pad_left(prompts, agent.policy.pad_id, device)
+        for name in (args.variants if cuda else ["bmm", "sdpa"]):
+            ms = decode_ms(model, ids, mask, steps, args.max_new_tokens, cuda, **VARIANTS[name])
+            result["ms_per_step"][f"{name}@{rows}"] = ms
+            print(f"decode {name:13s} {'CUDA graphs' if cuda else 'eager'}: {ms:.3f} ms/step at {rows} rows "
+                  f"(steps 8..{steps}, sampling included)", flush=True)
     rows = args.prompts * args.k
     prompts = [agent.policy.encode(p) for p in agent.task.train[:rows]]
     ids, mask = pad_left(prompts, agent.policy.pad_id, device)
-    result = {}
-    for graphs in ((True, False) if device.type == "cuda" else (False,)):
-        dec = LlamaDecoder(model, cuda_graphs=graphs)
+    reps = 4
+    for name in ("bmm", args.variants[-1]) if cuda else ("bmm",):
+        dec = LlamaDecoder(model, cuda_graphs=False, **VARIANTS[name])
         logits = dec.prefill(ids, mask, args.max_new_tokens)
         tok = logits.argmax(-1)
-        steps = min(args.max_new_tokens - 1, 128)
-        for t in range(8):  # warm-up (graph capture)
-            logits = dec.step(tok, t)
-        sync(device)
-        start = time.perf_counter()
-        for t in range(8, steps):
-            logits = dec.step(tok, t)
-            tok, _ = sample_next(logits, 1.0)
-        sync(device)
-        per_step = (time.perf_counter() - start) / (steps - 8)
-        result["graphs" if graphs else "eager"] = {"ms_per_step": per_step * 1e3}
-        print(f"decode {'CUDA graphs' if graphs else 'eager'}: {per_step * 1e3:.3f} ms/step at {rows} rows "
-              f"(steps 8..{steps}, sampling included)")
-    dec = LlamaDecoder(model, cuda_graphs=False)
-    logits = dec.prefill(ids, mask, args.max_new_tokens)
-    tok = logits.argmax(-1)
-    reps = 4
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for t in range(reps):
-            with record_function("step"):
-                logits = dec.step(tok, t)
-            with record_function("sample"):
-                tok, _ = sample_next(logits, 1.0)
-        sync(device)
-    table = kernel_table(prof, rows=30, per=reps)
-    launches = sum(e.count for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0
-                   and e.device_type == torch.autograd.DeviceType.CUDA) / reps if device.type == "cuda" else 0
-    kernel_ms = sum(e.self_device_time_total for e in prof.key_averages()
-                    if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3 / reps if device.type == "cuda" else 0
-    print_table(f"eager decode step + sampling, per step: {launches:.0f} kernels, {kernel_ms:.3f} ms of kernel time",
-                table)
-    result.update({"kernels_per_step": launches, "kernel_ms_per_step": kernel_ms, "kernels": table})
+        dec.step(tok, 0)  # compiles, where asked
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            for t in range(1, reps + 1):
+                with record_function("step"):
+                    logits = dec.step(tok, t)
+                with record_function("sample"):
+                    tok, _ = sample_next(logits, 1.0)
+            sync(device)
+        kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
+                   and getattr(e, "self_device_time_total", 0) > 0]
+        launches = sum(e.count for e in kernels) / reps
+        kernel_ms = sum(e.self_device_time_total for e in kernels) / 1e3 / reps
+        table = kernel_table(prof, rows=30, per=reps)
+        print_table(f"{name}, eager decode step + sampling at {rows} rows, per step: {launches:.0f} kernels, "
+                    f"{kernel_ms:.3f} ms of kernel time", table)
+        result[name] = {"kernels_per_step": launches, "kernel_ms_per_step": kernel_ms, "kernels": table}
     return result
 
 
@@ -188,6 +211,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chunks", type=int, nargs="+", default=[1024], help="update variants: log-prob chunks")
     ap.add_argument("--no-checkpointing-variant", action="store_true", help="also time the update without it")
     ap.add_argument("--what", nargs="+", default=["decode", "update"])
+    ap.add_argument("--decode-rows", type=int, nargs="+", default=None, help="rows to time decoding at "
+                    "(default: prompts × k)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="decoder variants to time (CUDA; the last one's kernels are also profiled)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (as scripts/bench_llm.py)")
     args = ap.parse_args(argv)

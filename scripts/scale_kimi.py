@@ -15,7 +15,8 @@ so that a random model gets different rewards within a group and the curves move
     sigterm            two GPUs, a small model of the same family: SIGTERM to one rank after ``--kill-after``
                        iterations, then resumed under torchrun
 
-Read from each run's TensorBoard events: samples/s (after the first iteration), the peak GPU memory of rank 0
+Read from each run's TensorBoard events: samples/s (after the first iteration), the seconds per iteration and the
+part of them spent decoding (``llm/tokens_per_s``: the slowest rank's), the peak GPU memory of rank 0
 (``charts/gpu_memory_gib``), and the reward and loss curves. Prints a table; writes ``scale_kimi.json`` to ``--out``
 (default ``$OUT``, else ``outputs/scale_kimi``).
 """
@@ -67,6 +68,12 @@ def summary(run: Path) -> dict:
     if len(reward) >= 3:  # samples/s after the first iteration (graph capture, allocations)
         (t0, s0, _), (t1, s1, _) = reward[1], reward[-1]
         out["samples_per_s"] = (s1 - s0) / (t1 - t0)
+    speed, length = s.get("llm/tokens_per_s", []), s.get("llm/response_length_mean", [])
+    if len(reward) >= 3 and len(speed) == len(length) == len(reward):  # decoding's share of an iteration (slowest rank)
+        per_iteration = reward[1][1] - reward[0][1]
+        decode = [n * per_iteration / v for (_, _, n), (_, _, v) in zip(length[1:], speed[1:])]
+        out["decode_s"] = sum(decode) / len(decode)
+        out["iteration_s"] = per_iteration / out["samples_per_s"]
     if "charts/gpu_memory_gib" in s:
         out["peak_gib"] = max(v for _, _, v in s["charts/gpu_memory_gib"])
     return out
@@ -84,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--runs", default="1gpu,ddp,fsdp,sigterm")
+    ap.add_argument("--set", nargs="*", default=[], help="more overrides for every run (e.g. agent.compile_decoder=false)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else Path("outputs/scale_kimi"))
@@ -97,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"agent.max_response_tokens={args.max_new_tokens}", f"agent.lr={args.lr}", "agent.repetition_repeats=0",
               "env.kwargs.num_test=0", "+env.kwargs.rewards={correct:1.0,brevity:1.0}", "trainer.eval_every=0",
               f"trainer.log_every={per_iteration}", "trainer.checkpoint_every=0", "trainer.progress=false",
-              "trainer.compile=true", f"device={args.device}", f"trainer.total_steps={args.iterations * per_iteration}"]
+              "trainer.compile=true", f"device={args.device}", f"trainer.total_steps={args.iterations * per_iteration}",
+              *args.set]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "rl.train"]
     single = [sys.executable, "-m", "rl.train"]

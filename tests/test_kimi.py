@@ -550,8 +550,32 @@ def test_llama_decoder_gives_the_full_forward_logits(tmp_path, arch):
         fast.prefill(torch.ones(1, 60, dtype=torch.long), torch.ones(1, 60, dtype=torch.bool), 9)
     assert fast.fused and all(w is not None and "qkv" in w for w in fast.fused)  # the fused path ran
     unfused = LlamaDecoder(model, window=8, fuse=False)
+    two_products = LlamaDecoder(model, window=8, attention="bmm")  # attention as two batched products (not SDPA)
     with torch.no_grad():
-        torch.testing.assert_close(teacher_forced(unfused, prompts, tokens, 0), want, rtol=1e-4, atol=1e-4)
+        for decoder in (unfused, two_products):
+            torch.testing.assert_close(teacher_forced(decoder, prompts, tokens, 0), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="attention must be sdpa or bmm"):
+        LlamaDecoder(model, attention="flash")
+
+
+@pytest.mark.slow
+def test_compiled_decoding_step_gives_the_full_forward_logits():
+    """With ``compile=True`` the step's rotary embedding + cache writes and its gated MLP activation run as
+    torch.compile-generated code (on a CPU: C++; on CUDA: Triton, where it is on by default with CUDA graphs): the
+    same logits as the model's forward pass. Slow: inductor compiles for about half a minute on a CPU."""
+    pytest.importorskip("transformers")
+    from rl.lm.decoders import LlamaDecoder
+    from rl.lm.hf import model_config, random_model
+
+    model = random_model(model_config("qwen2", layers=2, hidden=64, heads=4, kv_heads=2, context=64, vocab=30), seed=2)
+    prompts = [[1, 5, 7, 9], [1, 3], [1, 4, 4, 4, 4, 4, 8]]
+    tokens = torch.randint(3, 30, (3, 20), generator=torch.Generator().manual_seed(0))
+    decoder = LlamaDecoder(model, window=8, compile=True)
+    with torch.no_grad():
+        want = torch.stack([model(torch.tensor([p + tokens[i].tolist()])).logits[0, len(p) - 1:-1]
+                            for i, p in enumerate(prompts)], dim=1)
+        torch.testing.assert_close(teacher_forced(decoder, prompts, tokens, 0), want, rtol=1e-4, atol=1e-4)
+    assert decoder.rope_into_cache.compiled is not None and decoder.swiglu.compiled is not None  # no eager fallback
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
@@ -1004,7 +1028,8 @@ def test_profile_kimi_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert [v["chunk"] for v in result["update"]["variants"]] == [8, 1024]
     assert all(v["update_s"] > 0 for v in result["update"]["variants"])
-    assert result["decode"]["eager"]["ms_per_step"] > 0 and "update phases" in proc.stdout
+    assert set(result["decode"]["ms_per_step"]) == {"bmm@4", "sdpa@4"}  # the decoder variants at prompts × k rows
+    assert all(ms > 0 for ms in result["decode"]["ms_per_step"].values()) and "update phases" in proc.stdout
 
 
 @pytest.mark.slow

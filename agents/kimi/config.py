@@ -59,6 +59,8 @@ class KimiConfig(AgentConfig):
     #                            about 16,384 tokens
     gradient_checkpointing: bool = True  # hf: recompute each layer's activations in the backward pass
     logprob_chunk: int = 1024  # response tokens per chunk of the output projection + log-softmax
+    compile_decoder: bool = True  # hf on CUDA: fuse each decoding step's small operations with torch.compile
+    #                               (rl/lm/decoders.py); false: eager PyTorch kernels inside the CUDA graphs
     fsdp: bool = False  # torchrun: shard parameters, gradients and optimizer state with FSDP2 (else DDP)
     # rewards and sampling of prompts
     length_penalty: float = 0.0  # weight of the length reward; 0: off

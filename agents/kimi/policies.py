@@ -146,6 +146,7 @@ class HFPolicy:
         self.context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.cuda_graphs = False
+        self.compile_decoder = cfg.compile_decoder
         self._decoder: Any = None
 
     @staticmethod
@@ -189,7 +190,7 @@ class HFPolicy:
         if self._decoder is None:
             from rl.lm.decoders import make_decoder
 
-            self._decoder = make_decoder(self.module, self.cuda_graphs)
+            self._decoder = make_decoder(self.module, self.cuda_graphs, compile=None if self.compile_decoder else False)
         return self._decoder
 
     def forget_weights(self) -> None:

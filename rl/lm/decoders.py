@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from rl.lm.fused import LLAMA_FAMILY, rms_norm
 
 
-
 def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
@@ -73,6 +72,57 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotary embedding of x [B, T, heads, D]; cos, sin [B, T, 1, D], sin with the rotate-half signs folded in
     (first half negative): ``x·cos + roll(x, D/2)·sin`` = the rotate-half convention in three kernels."""
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
+def rope_into_cache(q: Tensor, k: Tensor, v: Tensor, cos_q: Tensor, sin_q: Tensor, cos: Tensor, sin: Tensor,
+                    k_cache: Tensor, v_cache: Tensor, slot: Tensor) -> Tensor:
+    """One new token per row: q [rows, 1, heads, D], k and v [rows, 1, kv heads, D]; the rotated k and v are written
+    at cache position ``slot`` [1] of k_cache, v_cache [rows, kv heads, L, D]; returns q rotated (cos_q, sin_q carry
+    the attention's scale) as [rows, kv heads, G, D], each key/value head's group of G query heads."""
+    k_cache.index_copy_(2, slot, _rotate(k, cos, sin).transpose(1, 2))
+    v_cache.index_copy_(2, slot, v.transpose(1, 2))
+    rows, _, heads, D = q.shape
+    kv = k_cache.shape[1]
+    return _rotate(q, cos_q, sin_q).view(rows, kv, heads // kv, D)
+
+
+def swiglu(gate_up: Tensor, act: Any) -> Tensor:
+    """The gated MLP's hidden activation ``act(gate) · up`` from the concatenated [.., 2F] gate/up product."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return act(gate) * up
+
+
+def attend_one(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, sdpa: bool) -> Tensor:
+    """Attention of one new token: q [rows, kv heads, G, D] (scaled), keys/values [rows, kv heads, W, D], bias
+    [rows, 1, 1, W] (0 or −inf) -> [rows, kv heads, G, D]. Each head's G queries read its keys once."""
+    if sdpa:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=1.0)
+    scores = (q @ keys.transpose(-1, -2)).add_(bias)
+    return scores.softmax(-1, dtype=torch.float32).to(values.dtype) @ values
+
+
+class Fusable:
+    """``fn``, run through ``torch.compile`` (one generated kernel for its elementwise work) once ``enable()`` is
+    called; if compiling or running the compiled code fails, it says so once and runs ``fn`` eagerly from then on."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.compiled = fn, None
+
+    def enable(self) -> None:
+        if self.compiled is None:
+            self.compiled = torch.compile(self.fn, fullgraph=True, dynamic=False)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # noqa: BLE001 — no Triton, no C compiler, an unsupported op: run eagerly
+                import sys
+
+                print(f"torch.compile of {self.fn.__name__} failed ({type(e).__name__}: {str(e)[:200]}); "
+                      "it runs eagerly", file=sys.stderr)
+                self.compiled = None
+        return self.fn(*args)
 
 
 def linear_weight(module: Any) -> tuple[Tensor, Tensor | None] | None:
@@ -126,7 +176,8 @@ def fused_layer_weights(layer: Any) -> dict[str, Tensor] | None:
 class LlamaDecoder:
     """Fast decoding of a Llama-family model (see the module docstring). Raises ``ValueError`` for other models."""
 
-    def __init__(self, model: Any, cuda_graphs: bool = False, window: int = 64, fuse: bool = True) -> None:
+    def __init__(self, model: Any, cuda_graphs: bool = False, window: int = 64, fuse: bool = True,
+                 compile: bool | None = None, attention: str = "sdpa") -> None:
         lm = base_model(model)
         cfg = lm.config
         if cfg.model_type not in LLAMA_FAMILY:
@@ -141,6 +192,11 @@ class LlamaDecoder:
         self.graphed: Any = None
         self.fuse = fuse
         self.fused: list[dict[str, Tensor] | None] | None = None  # per layer (fused_layer_weights), see refresh()
+        if attention not in ("sdpa", "bmm"):
+            raise ValueError(f"attention must be sdpa or bmm, got {attention!r}")
+        self.sdpa = attention == "sdpa"
+        self.compile = compile  # None: compile the steps' small operations when they replay from CUDA graphs
+        self.rope_into_cache, self.swiglu = Fusable(rope_into_cache), Fusable(swiglu)
 
     def reset(self) -> None:
         """Free the cache, the graphs and the fused weights (e.g. after the weights moved to other storage)."""
@@ -176,15 +232,16 @@ class LlamaDecoder:
         self.valid = torch.zeros(rows, length, dtype=torch.bool, device=device)
         self.shape, self.graphed = (rows, length), None
 
-    def _layers(self, x: Tensor, positions: Tensor, attend: Any) -> Tensor:
-        """Every decoder layer on x [B, T, hidden]; ``attend(layer_index, q, k, v)`` (each [B, T, heads, D], q already
-        scaled by 1/sqrt(D)) -> [B, T, heads · D]. Returns the last position's logits [B, V]."""
+    def _layers(self, x: Tensor, positions: Tensor, attend: Any, mlp: Any = swiglu) -> Tensor:
+        """Every decoder layer on x [B, T, hidden]; ``attend(layer_index, q, k, v, rope)`` (each [B, T, heads, D],
+        not yet rotated; ``rope`` = (cos_q, sin_q, cos, sin) of :func:`_rotate`, q's carrying 1/sqrt(D)) ->
+        [B, T, heads · D]; ``mlp(gate_up, act)``: :func:`swiglu`. Returns the last position's logits [B, V]."""
         cos, sin = self.core.rotary_emb(x, positions)  # [B, T, D], shared by every layer
         half = cos.shape[-1] // 2
         sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
         cos = cos[:, :, None]
         scale = self.core.layers[0].self_attn.scaling
-        cos_q, sin_q = cos * scale, sin * scale  # the attention's 1/sqrt(D) rides on q's rotation
+        rope = (cos * scale, sin * scale, cos, sin)  # the attention's 1/sqrt(D) rides on q's rotation
         B, T, H = x.shape
         D, heads, kv = self.head_dim, self.heads, self.kv_heads
         for i, layer in enumerate(self.core.layers):
@@ -197,14 +254,14 @@ class LlamaDecoder:
                 q, k, v = (proj(h).view(B, T, -1, D) for proj in (a.q_proj, a.k_proj, a.v_proj))
             if hasattr(a, "q_norm"):  # Qwen3: RMSNorm of each head's q and k
                 q, k = rms_norm(a.q_norm, q), rms_norm(a.k_norm, k)
-            out = attend(i, _rotate(q, cos_q, sin_q), _rotate(k, cos, sin), v)
+            out = attend(i, q, k, v, rope)
             if w is None:
                 x = x + a.o_proj(out)
                 x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
                 continue
             x = torch.addmm(x.view(B * T, H), out.reshape(B * T, -1), w["o"].T).view(B, T, H)  # x + out·Woᵀ
-            gate, up = F.linear(rms_norm(layer.post_attention_layernorm, x), w["gate_up"]).chunk(2, dim=-1)
-            x = torch.addmm(x.view(B * T, H), (layer.mlp.act_fn(gate) * up).view(B * T, -1), w["down"].T).view(B, T, H)
+            hidden = mlp(F.linear(rms_norm(layer.post_attention_layernorm, x), w["gate_up"]), layer.mlp.act_fn)
+            x = torch.addmm(x.view(B * T, H), hidden.view(B * T, -1), w["down"].T).view(B, T, H)
         return self.lm.lm_head(rms_norm(self.core.norm, x[:, -1]))
 
     @torch.no_grad()
@@ -228,7 +285,8 @@ class LlamaDecoder:
         allowed = (((q_i[None, :] <= q_i[:, None])[None] & valid[:, None, :W]) | torch.eye(W, dtype=torch.bool,
                                                                                            device=ids.device))[:, None]
 
-        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, ...]) -> Tensor:
+            q, k = _rotate(q, rope[0], rope[1]), _rotate(k, rope[2], rope[3])
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [rows, kv heads, W, D]
             self.k[i][:, :, :W], self.v[i][:, :, :W] = k, v
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=allowed, scale=1.0,
@@ -244,17 +302,14 @@ class LlamaDecoder:
         allowed = self.valid[:, :window] & (torch.arange(window, device=slot.device) <= slot)  # [rows, window]
         bias = torch.zeros(allowed.shape, dtype=self.k[0].dtype, device=slot.device).masked_fill_(~allowed, float("-inf"))
         bias = bias[:, None, None]  # [rows, 1, 1, window]
-        rows, G, D = allowed.shape[0], self.heads // self.kv_heads, self.head_dim
+        rows = allowed.shape[0]
 
-        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            self.k[i].index_copy_(2, slot, k.transpose(1, 2))
-            self.v[i].index_copy_(2, slot, v.transpose(1, 2))
-            keys, values = self.k[i][:, :, :window], self.v[i][:, :, :window]  # [rows, kv heads, window, D]
-            scores = (q.view(rows, self.kv_heads, G, D) @ keys.transpose(-1, -2)).add_(bias)  # [rows, kvh, G, win]
-            out = scores.softmax(-1, dtype=torch.float32).to(values.dtype) @ values  # [rows, kvh, G, D]
-            return out.view(rows, 1, self.heads * D)
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, ...]) -> Tensor:
+            q = self.rope_into_cache(q, k, v, *rope, self.k[i], self.v[i], slot)  # [rows, kv heads, G, D]
+            out = attend_one(q, self.k[i][:, :, :window], self.v[i][:, :, :window], bias, self.sdpa)
+            return out.reshape(rows, 1, self.heads * self.head_dim)
 
-        return self._layers(self.core.embed_tokens(inputs["tok"][:, None]), inputs["pos"], attend)
+        return self._layers(self.core.embed_tokens(inputs["tok"][:, None]), inputs["pos"], attend, self.swiglu)
 
     @torch.no_grad()
     def step(self, tok: Tensor, t: int) -> Tensor:
@@ -272,16 +327,23 @@ class LlamaDecoder:
             if self.graphed is None:
                 from rl.graphs import Graphed
 
+                if self.compile is not False:
+                    self.rope_into_cache.enable()
+                    self.swiglu.enable()
+
                 self.graphed = Graphed(lambda key, x: self._step(key[2], x))
             logits = self.graphed((rows, length, window), inputs)
         else:
+            if self.compile:  # asked for without CUDA graphs (e.g. to test the compiled code on a CPU)
+                self.rope_into_cache.enable()
+                self.swiglu.enable()
             logits = self._step(window, inputs)
         return logits[:B]
 
 
-def make_decoder(model: Any, cuda_graphs: bool = False) -> LlamaDecoder | HFDecoder:
+def make_decoder(model: Any, cuda_graphs: bool = False, compile: bool | None = None) -> LlamaDecoder | HFDecoder:
     """:class:`LlamaDecoder` where it applies, else :class:`HFDecoder` (which ignores ``cuda_graphs``)."""
     try:
-        return LlamaDecoder(model, cuda_graphs=cuda_graphs)
+        return LlamaDecoder(model, cuda_graphs=cuda_graphs, compile=compile)
     except ValueError:
         return HFDecoder(model)

@@ -53,6 +53,7 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
         self.generators: list[torch.Generator] = []  # the agent's own random streams (checkpointed; CUDA-graph safe)
         self._graphed_update: Any = None  # rl.graphs.Graphed, once use_cuda_graphs() is called
         self._graphed_act: Any = None
+        self._graphed_sampled_update: Any = None  # sample_and_update's graph (replay buffer + update in one)
         self._trainer: Trainer | None = None
 
     # -- learner interface ---------------------------------------------------------------------------
@@ -64,6 +65,21 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
         """One learning step on ``batch``; returns 0-d metric tensors, left on the device."""
         phase = self.phase()
         metrics = self._graphed_update(phase, batch) if self._graphed_update else self.update_step(batch, phase)
+        self.num_updates += 1
+        return metrics
+
+    def sample_and_update(self, storage: Any, batch_size: int) -> dict[str, Tensor]:
+        """One update on a fresh uniform minibatch of a replay buffer: ``update(storage.sample(batch_size))``. Where
+        both are CUDA graphs, sampling and update replay as one graph (same kernels, same draws, one launch)."""
+        if self._graphed_update is None or getattr(storage, "_graphed_sample", None) is None:
+            return self.update(storage.sample(batch_size))
+        if self._graphed_sampled_update is None:
+            from rl.graphs import Graphed
+
+            self._graphed_sampled_update = Graphed(
+                lambda key, _: self.update_step(storage._sample(key[1]), key[0]),
+                generators=tuple(self.generators) + tuple(storage.generators))
+        metrics = self._graphed_sampled_update((self.phase(), batch_size), {})
         self.num_updates += 1
         return metrics
 

@@ -193,7 +193,8 @@ def probe_spaces(cfg: EnvConfig) -> tuple[gym.Space, gym.Space]:
 
 
 def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: str | None = None) -> VectorEnv:
-    """``num_envs`` copies of ``cfg.id`` in a sync or async vector env with same-step autoreset.
+    """``num_envs`` copies of ``cfg.id`` in a vector env with same-step autoreset: ``sync`` (in this process), ``async``
+    (gymnasium's worker processes) or ``shm`` (worker processes trading through shared memory: envs/shm_vector.py).
 
     Same-step autoreset: when a sub-env ends, ``step`` returns the first observation of the next episode
     and puts the last one in ``info["final_obs"]``, so every stored transition has its true ``s'``.
@@ -201,8 +202,12 @@ def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: str
     n = num_envs or cfg.num_envs
     _make_one(cfg, 0).close()  # fail fast, in this process, on a bad id
     mode = vectorization or cfg.vectorization
-    make = _make_in_worker if mode == "async" else _make_one
+    make = _make_in_worker if mode in ("async", "shm") else _make_one
     fns = [lambda i=i: make(cfg, i) for i in range(n)]
+    if mode == "shm":
+        from envs.shm_vector import SharedMemoryVectorEnv
+
+        return SharedMemoryVectorEnv(fns)
     cls = AsyncVectorEnv if mode == "async" else SyncVectorEnv
     return cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 

@@ -56,6 +56,9 @@ class ReplayBuffer:
         self.pos = 0  # next write index (of every seed's ring: they fill in step)
         self.size = 0  # transitions held per seed
         self.size_on_device = torch.zeros((), dtype=torch.float64, device=self.device)  # read by sample()
+        self.pos_on_device = torch.zeros((), dtype=torch.long, device=self.device)  # read by the graphed add
+        self.rings = {k: self._rings(k) for k in self.spec}  # [K, capacity, ...] views of data
+        self._graphed_add: Any = None
         self._graphed_sample: Any = None
 
     def __len__(self) -> int:
@@ -71,26 +74,43 @@ class ReplayBuffer:
 
     def add(self, step: Mapping[str, Tensor]) -> None:
         """Append a batch of transitions: every value has the same leading size K·n (e.g. ``num_envs`` per seed),
-        seed-major."""
-        _check_keys(self.spec, step)
+        seed-major. With :meth:`use_cuda_graphs`, one graph replay writes every key (see :meth:`_write`)."""
+        if step.keys() != self.spec.keys():
+            _check_keys(self.spec, step)
         rows = next(iter(step.values())).shape[0]
         n = rows // self.num_seeds
         if n * self.num_seeds != rows:
             raise ValueError(f"cannot split {rows} transitions evenly over {self.num_seeds} seeds")
         if n > self.capacity:
             raise ValueError(f"cannot add {n} transitions to a buffer of capacity {self.capacity}")
-        first = min(n, self.capacity - self.pos)  # rows before the ring wraps: slice copies, no index kernels
-        keys = list(step)
-        src = [step[k].reshape(self.num_seeds, n, *self.spec[k][0]) for k in keys]
-        torch._foreach_copy_([self._rings(k)[:, self.pos:self.pos + first] for k in keys], [v[:, :first] for v in src],
-                             non_blocking=True)  # one launch for every key when all sit on the buffer's device
-        if first < n:
-            torch._foreach_copy_([self._rings(k)[:, :n - first] for k in keys], [v[:, first:] for v in src],
-                                 non_blocking=True)
+        if self._graphed_add is not None and all(v.is_cuda for v in step.values()):  # (graphs exist on CUDA only)
+            self._graphed_add(n, dict(step))
+        else:
+            first = min(n, self.capacity - self.pos)  # rows before the ring wraps: slice copies, no index kernels
+            src = [step[k].reshape(self.num_seeds, n, *self.spec[k][0]) for k in self.rings]
+            pos = self.pos
+            torch._foreach_copy_([r[:, pos:pos + first] for r in self.rings.values()],
+                                 src if first == n else [v[:, :first] for v in src],
+                                 non_blocking=True)  # one launch for every key when all sit on the buffer's device
+            if first < n:
+                torch._foreach_copy_([r[:, :n - first] for r in self.rings.values()], [v[:, first:] for v in src],
+                                     non_blocking=True)
+            if self.size < self.capacity:
+                self.size_on_device.fill_(min(self.size + n, self.capacity))
+            if self._graphed_add is not None:
+                self.pos_on_device.fill_((self.pos + n) % self.capacity)
         self.pos = (self.pos + n) % self.capacity
-        if self.size < self.capacity:
-            self.size = min(self.size + n, self.capacity)
-            self.size_on_device.fill_(self.size)
+        self.size = min(self.size + n, self.capacity)
+
+    def _write(self, n: int, step: Mapping[str, Tensor]) -> None:
+        """The graph-safe add: rows ``(pos + 0..n−1) mod capacity`` of every seed's ring, with the position and the
+        size kept on the device (so that one captured graph serves every position, the wrap included)."""
+        idx = (self.pos_on_device + torch.arange(n, device=self.device)) % self.capacity  # [n]
+        rows = (self.block_start + idx).flatten()  # [K·n], seed-major as step's rows
+        for k, (shape, dtype) in self.spec.items():
+            self.data[k].index_copy_(0, rows, step[k].reshape(-1, *shape).to(dtype))
+        self.pos_on_device.copy_((self.pos_on_device + n) % self.capacity)
+        self.size_on_device.copy_(torch.clamp(self.size_on_device + n, max=self.capacity))
 
     def sample(self, batch_size: int) -> dict[str, Tensor]:
         """``batch_size`` transitions per seed (K·batch_size rows, seed-major), drawn uniformly with replacement,
@@ -111,14 +131,18 @@ class ReplayBuffer:
         return {k: v[idx] for k, v in self.data.items()}
 
     def use_cuda_graphs(self) -> bool:
-        """Sample from a CUDA graph (one replay instead of ~10 launches); its outputs are the same tensors every
-        time, so a graphed update reads them without a copy. Off CUDA: False, nothing changes."""
+        """Sample from a CUDA graph (one replay instead of ~10 launches; its outputs are the same tensors every
+        time, so a graphed update reads them without a copy) and add through one (one input copy and one replay
+        instead of a copy per key and the position bookkeeping). Off CUDA: False, nothing changes."""
         if self.device.type != "cuda":
             return False
         from rl.graphs import Graphed
 
         self._graphed_sample = self._graphed_sample or Graphed(lambda batch_size, _: self._sample(batch_size),
                                                                generators=tuple(self.generators))
+        if self._graphed_add is None:
+            self.pos_on_device.fill_(self.pos)
+            self._graphed_add = Graphed(lambda n, step: self._write(n, step))
         return True
 
     def batches(self, num_updates: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
@@ -149,6 +173,7 @@ class ReplayBuffer:
             )
         self.pos, self.size = int(state["pos"]), int(state["size"])
         self.size_on_device.fill_(self.size)
+        self.pos_on_device.fill_(self.pos)
         for k, v in state["data"].items():
             self._rings(k)[:, :self.size] = v.view(self.num_seeds, self.size, *self.spec[k][0]).to(self.device)
         if "rng" in state:

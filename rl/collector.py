@@ -119,8 +119,9 @@ class VectorEnvCollector:
 
     def collect(self, agent: Any, storage: Any, random_actions: bool,
                 during: Callable[[int], None] | None = None) -> tuple[int, list[Episode]]:
-        """One step of every env. ``during(n)``, if given, runs once the actions are known and before the envs
-        step (the trainer's overlapped updates: queued on the GPU while the host simulates)."""
+        """One step of every env. ``during(n)``, if given, runs once the actions are known, while the envs step (the
+        trainer's overlapped updates: queued on the GPU while the envs simulate; with worker processes — ``async``,
+        ``shm`` — the host launches them between sending the actions and collecting the results)."""
         if random_actions:
             action = torch.cat([uniform_actions(self.act_space, self.per_seed, g) for g in self.rngs])
             action, extras = action.to(self.device), {}
@@ -128,9 +129,14 @@ class VectorEnvCollector:
             with torch.no_grad():
                 action, extras = agent.explore(self.obs)
         host_action = self.clip(action).cpu().numpy()
-        if during is not None:
+        if during is not None and hasattr(self.envs, "step_async"):  # worker processes: they simulate meanwhile
+            self.envs.step_async(host_action)
             during(self.per_seed)
-        next_obs, reward, terminated, truncated, info = self.envs.step(host_action)
+            next_obs, reward, terminated, truncated, info = self.envs.step_wait()
+        else:
+            if during is not None:
+                during(self.per_seed)
+            next_obs, reward, terminated, truncated, info = self.envs.step(host_action)
         final_next = next_obs  # the stored s': the true last observation where an episode just ended
         if "_final_obs" in info and info["_final_obs"].any():
             final_next = next_obs.copy()

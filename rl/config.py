@@ -44,15 +44,15 @@ class EnvConfig:
     name: str = "pendulum"  # short tag used in run directory names
     id: str = "Pendulum-v1"  # a gymnasium id (or one registered by ``envs``)
     num_envs: int = 1
-    vectorization: str = "sync"  # sync | async  (gymnasium backend)
+    vectorization: str = "sync"  # sync | async (gymnasium's workers) | shm (workers over shared memory: envs/shm_vector.py)
     backend: str = "gymnasium"  # gymnasium: envs on the host | torch: batched envs on the run's device (envs/torch_envs)
     max_episode_steps: Optional[int] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         positive("env.num_envs", self.num_envs)
-        check(self.vectorization in ("sync", "async"),
-              f"env.vectorization must be 'sync' or 'async', got {self.vectorization!r}")
+        check(self.vectorization in ("sync", "async", "shm"),
+              f"env.vectorization must be 'sync', 'async' or 'shm', got {self.vectorization!r}")
         check(self.backend in ("gymnasium", "torch"), f"env.backend must be 'gymnasium' or 'torch', got {self.backend!r}")
         if self.backend == "torch":
             from envs.torch_envs import TORCH_ENVS

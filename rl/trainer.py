@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from rl import checkpoint, distributed
+from rl.buffers import ReplayBuffer
 from rl.collector import TorchEnvCollector, VectorEnvCollector, evaluate_policy
 from rl.config import Config, ConfigError, flat, to_yaml
 from rl.logging import Logger, MetricAccumulator
@@ -192,6 +193,10 @@ class Trainer:
         self.update_credit += tc.utd_ratio * n
         k = int(self.update_credit)
         self.update_credit -= k
+        if isinstance(self.storage, ReplayBuffer):  # sampling and update: one CUDA graph where both are graphed
+            for _ in range(k):
+                self.metrics.add(self.agent.sample_and_update(self.storage, tc.batch_size))
+            return
         for batch in self.storage.batches(k, tc.batch_size):
             self.metrics.add(self.agent.update(batch))
 
@@ -370,7 +375,7 @@ class Trainer:
         self.collector.close()
         if self.video_env is not None:
             self.video_env.close()
-        getattr(self.evaluator, "close", lambda: None)()  # its envs (worker processes, when async)
+        getattr(self.evaluator, "close", lambda: None)()  # its envs (worker processes, when async or shm)
         for logger in self.loggers:
             logger.close()
 
@@ -378,7 +383,7 @@ class Trainer:
 def env_evaluator(cfg: Config, device: torch.device) -> Evaluator:
     """Mean/std return of ``cfg.trainer.eval_episodes`` deterministic episodes per seed on separate envs: up to 10
     per seed at a time, in one sync vector env, or for K > 1 seeds K × 10 in one vector env vectorized as the
-    training envs are (async workers for MuJoCo); seed s's episodes start from seeds s + 100000, … whatever K is.
+    training envs are (worker processes for MuJoCo); seed s's episodes start from seeds s + 100000, … whatever K is.
     K > 1: lists of K values."""
     from envs.make import make_vec_env
 

@@ -12,7 +12,7 @@
 
     # TD3 on HalfCheetah-v5, 5 seeds as one batch (trainer.num_seeds), 1M steps per seed, evaluated every 100k steps
     # outside the timed figure; SB3 (one seed) over a timed slice; LeanRL's published figure as the outside reference
-    python scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=async device=cuda \
+    python scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=shm device=cuda \
         trainer.compile=true trainer.overlap=true --eval-every 100000 --sb3-steps 27000 \
         --reference "LeanRL TD3, 1 seed, H100 (published)=936"
 

@@ -29,7 +29,7 @@ for section in "$@"; do
     td3-seeds)  # TD3, 5 seeds as one batch (trainer.num_seeds=5), 500k steps per seed (the rate of a 1M run: ≥ 8,300
       # env steps/s summed over the seeds ⇔ 1M steps per seed in 10 min), evaluated every 100k outside the timed
       # figure; SB3's TD3 (one seed) over 2,000 steps after its 25k-step warm-up; LeanRL's published figure beside
-      $PY scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=async device=cuda \
+      $PY scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=shm device=cuda \
         trainer.compile=true trainer.overlap=true trainer.total_steps=500000 --eval-every 100000 --sb3-steps 27000 \
         --reference "LeanRL TD3, 1 seed, H100 (published)=936" ;;
     pendulum)  # DDPG on 4096 GPU pendulums (wall_s: from building the agent to the end of the final evaluation)

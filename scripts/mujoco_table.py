@@ -55,7 +55,7 @@ PAPER = {"td3": {"halfcheetah": (9636.95, 859.065), "hopper": (3564.07, 114.74),
 # CleanRL's td3_continuous_action.py (docs: rl-algorithms/td3): average training-episode return, 3 seeds, v4 envs.
 CLEANRL = {"td3": {"halfcheetah": (9583.22, 126.09), "hopper": (3134.61, 360.18), "walker2d": (4057.59, 658.78)}}
 PROTOCOL = ["trainer.eval_every=5000", "trainer.eval_episodes=10", "trainer.progress=false"]
-GPU = ["device=cuda", "trainer.compile=true", "trainer.overlap=true", "env.vectorization=async"]
+GPU = ["device=cuda", "trainer.compile=true", "trainer.overlap=true", "env.vectorization=shm"]
 STOPPED = 75  # EX_TEMPFAIL: stopped at the time limit, continue with the same command
 
 

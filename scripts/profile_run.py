@@ -68,11 +68,15 @@ def main() -> None:
     timers = Timers()
     timers.wrap(agent, "explore", "explore")
     timers.wrap(agent, "update", "agent.update")
+    timers.wrap(agent, "sample_and_update", "sample+update")  # includes agent.update where not one graph
     timers.wrap(trainer.storage, "add", "storage.add")
     if hasattr(trainer.storage, "sample"):
         timers.wrap(trainer.storage, "sample", "storage.sample")
     envs = getattr(trainer.collector, "envs", None) or getattr(trainer.collector, "env", None)
     timers.wrap(envs, "step", "env.step")
+    for part in ("step_async", "step_wait"):  # worker processes: the collector sends, launches updates, then waits
+        if hasattr(envs, part):
+            timers.wrap(envs, part, f"env.{part}")
     cuda = agent.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
@@ -85,7 +89,8 @@ def main() -> None:
         "_overlap" if cfg.trainer.overlap else "")
     print(f"== {name}: {trainer.step - s0:,} env steps in {wall:.2f} s ({(trainer.step - s0) / wall:,.0f} SPS, "
           f"{iters:,.0f} loop iterations of {n} env steps); host wall time per iteration:")
-    parts = sum(timers.seconds.values()) - timers.seconds.get("storage.sample", 0.0)  # sample runs inside update
+    inner = ["storage.sample"] + (["agent.update"] if timers.seconds.get("sample+update") else [])
+    parts = sum(timers.seconds.values()) - sum(timers.seconds.get(k, 0.0) for k in inner)  # nested timers
     for label, sec in timers.seconds.items():
         print(f"   {label:<15} {sec / iters * 1e6:9.1f} µs")
     print(f"   {'rest of loop':<15} {(wall - parts) / iters * 1e6:9.1f} µs")

@@ -124,7 +124,7 @@ CASES: dict[str, Case] = {
     "negative seed": Case("seed must be >= 0, got -1", ("seed=-1",)),
     "unknown device": Case("device must be auto, cpu or cuda[:N], got 'tpu'", ("device=tpu",)),
     "cuda without a GPU": Case("device=cuda asked for, but torch sees no CUDA GPU", ("device=cuda",), skip=CUDA),
-    "unknown vectorization": Case("env.vectorization must be 'sync' or 'async', got 'threads'",
+    "unknown vectorization": Case("env.vectorization must be 'sync', 'async' or 'shm', got 'threads'",
                                   ("env.vectorization=threads",)),
     "no envs": Case("env.num_envs must be > 0, got 0", ("env.num_envs=0",)),
     "no batched version": Case("env.backend=torch has no batched version of 'Acrobot-v1'",

@@ -85,6 +85,28 @@ def test_graphed_update_of_three_seeds_equals_eager():
     assert not torch.allclose(graphed.actor.net[0].weight[0], graphed.actor.net[0].weight[1])  # three agents
 
 
+def test_sampled_update_graph_equals_separate_sampling_and_update():
+    # Agent.sample_and_update: sampling from the replay buffer and the update replay as one graph (what the trainer
+    # runs). From the same state (networks, optimizer, buffer contents and every generator), it draws the same
+    # minibatches and noise as sampling then updating eagerly, for K = 3 seeds and both TD3 phases.
+    cfg = DDPGConfig(twin_critics=True, policy_delay=2, target_policy_noise=0.2)
+    eager = DDPG(OBS, ACT, cfg, CUDA, seeds=[0, 1, 2])
+    spec = transition_spec(OBS, ACT)
+    buffers = [ReplayBuffer(500, spec, CUDA, seeds=[0, 1, 2]) for _ in range(2)]
+    for batch in replay_batches(4, 3 * 100, seed=3):
+        for buf in buffers:
+            buf.add(to_cuda(batch))
+    graphed = copy.deepcopy(eager)
+    assert graphed.use_cuda_graphs() and buffers[1].use_cuda_graphs()
+    for i in range(10):
+        a = eager.update(buffers[0].sample(64))
+        b = graphed.sample_and_update(buffers[1], 64)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=f"update {i}: {k}")
+    assert len(graphed._graphed_sampled_update.graphs) == 2  # both phases replay from their graph
+    torch.testing.assert_close(params(graphed), params(eager), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("cls, cfg", [(A2C, A2CConfig()), (QAC, QACConfig())], ids=["a2c", "qac"])
 def test_graphed_rollout_update_equals_eager(cls, cfg):
     # QAC draws a' ~ π(·|s') inside the update: with the CUDA generator reseeded before each update, a replayed
@@ -115,6 +137,23 @@ def test_graphed_sampling_follows_the_growing_buffer():
     buf.add({"x": torch.arange(100, dtype=torch.float32)})  # the captured graph must see the new size
     drawn = torch.cat([buf.sample(512)["x"] for _ in range(20)])
     assert buf._graphed_sample.graphs and drawn.unique().numel() > 90 and (drawn <= 99).all()
+
+
+def test_graphed_add_writes_what_the_eager_add_writes():
+    # K = 3 rings of capacity 7, 2 rows per seed per add: the graphed add (device-side position) wraps around the
+    # rings as the slice copies do, casts the float flags to the ring's bool, and keeps size and position in step.
+    spec = {"x": ((2,), torch.float32), "done": ((), torch.bool)}
+    eager, graphed = (ReplayBuffer(7, spec, CUDA, seeds=[0, 1, 2]) for _ in range(2))
+    assert graphed.use_cuda_graphs()
+    g = torch.Generator().manual_seed(0)
+    for i in range(12):
+        step = {"x": torch.randn(6, 2, generator=g).to(CUDA), "done": (torch.rand(6, generator=g) < 0.5).float().to(CUDA)}
+        eager.add(step)
+        graphed.add(step)
+        assert (graphed.pos, graphed.size) == (eager.pos, eager.size), i
+        assert all(torch.equal(graphed.data[k], eager.data[k]) for k in spec), i
+        assert graphed.size_on_device.item() == eager.size and graphed.pos_on_device.item() == eager.pos
+    assert graphed._graphed_add.graphs  # past warm-up: the last adds replayed a captured graph
 
 
 def test_collect_store_update_make_no_host_sync():

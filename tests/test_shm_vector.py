@@ -1,0 +1,133 @@
+"""envs/shm_vector.py: worker processes trading through shared memory step through exactly the transitions of
+gymnasium's SyncVectorEnv (same-step autoreset), train and resume as the other backends do, and report a failing or
+dead worker as one error instead of hanging."""
+
+import os
+import signal
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from agents.ddpg import DDPGConfig
+from envs.make import make_vec_env, restore, snapshot
+from envs.shm_vector import SharedMemoryVectorEnv
+from rl.config import BufferConfig, Config, EnvConfig, LoggerConfig, TrainerConfig
+from rl.train import run
+
+
+def rollout(envs, steps: int, seed: int = 0) -> list:
+    """Random actions (the same for every backend); every step's outputs, final observations included."""
+    rng = np.random.default_rng(seed)
+    obs, _ = envs.reset(seed=[10 + i for i in range(envs.num_envs)])
+    out = [obs]
+    for _ in range(steps):
+        if isinstance(envs.single_action_space, gym.spaces.Discrete):
+            action = rng.integers(0, envs.single_action_space.n, envs.num_envs)
+        else:
+            action = rng.uniform(-1, 1, (envs.num_envs, *envs.single_action_space.shape)).astype(np.float32)
+        o, r, term, trunc, info = envs.step(action)
+        ended = info.get("_final_obs", np.zeros(envs.num_envs, bool))
+        finals = np.stack([info["final_obs"][i] for i in np.flatnonzero(ended)]) if ended.any() else None
+        out.append((o, r, term, trunc, ended, finals))
+    return out
+
+
+def assert_same(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        if isinstance(x, tuple):
+            for u, v in zip(x, y):
+                assert (u is None and v is None) or np.array_equal(u, v)
+        else:
+            assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("env_id, steps", [("Pendulum-v1", 120), ("CartPole-v1", 120), ("Hopper-v5", 300)])
+def test_shm_vector_env_steps_as_sync(env_id, steps):
+    if env_id == "Hopper-v5":
+        pytest.importorskip("mujoco")
+    cfg = EnvConfig(id=env_id, max_episode_steps=40)  # short episodes: autoresets inside the rollout
+    sync, shm = make_vec_env(cfg, num_envs=3, vectorization="sync"), make_vec_env(cfg, num_envs=3, vectorization="shm")
+    try:
+        assert isinstance(shm, SharedMemoryVectorEnv)
+        want, got = rollout(sync, steps), rollout(shm, steps)
+        assert sum(int(s[4].sum()) for s in want[1:]) >= 3  # episodes did end (and were reset) on the way
+        assert_same(got, want)
+        states = snapshot(shm)  # through call(): every worker's env state, then back
+        before = rollout_tail(shm, 5)
+        restore(shm, states)
+        after = rollout_tail(shm, 5)  # MuJoCo: the solver's warm start is not part of a snapshot, hence allclose
+        assert all(np.allclose(u, v, rtol=1e-6, atol=1e-8) for x, y in zip(after, before) for u, v in zip(x, y))
+    finally:
+        sync.close()
+        shm.close()
+
+
+def rollout_tail(envs, steps: int) -> list:
+    """``steps`` more steps without a reset, with fixed actions."""
+    action = np.stack([envs.single_action_space.sample() for _ in range(envs.num_envs)]) * 0
+    return [envs.step(action)[:4] for _ in range(steps)]
+
+
+class Fragile(gym.Env):
+    """Raises on its third step."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t == 3:
+            raise ValueError("the env broke on purpose")
+        return np.full(2, self.t / 10, np.float32), 1.0, False, False, {}
+
+
+def test_shm_vector_env_reports_failures():
+    envs = SharedMemoryVectorEnv([Fragile for _ in range(2)], timeout=0.2)
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(ValueError, match="2 seeds for 2 envs|seeds for 2 envs"):
+            envs.reset(seed=[1, 2, 3])
+        for _ in range(2):
+            obs, reward, *_ = envs.step(np.zeros((2, 1), np.float32))
+        assert np.allclose(obs, 0.2) and list(reward) == [1.0, 1.0]
+        with pytest.raises(RuntimeError, match="the env broke on purpose"):
+            envs.step(np.zeros((2, 1), np.float32))
+        envs.reset(seed=0)  # the workers live on after an exception in their env
+        os.kill(envs.processes[1].pid, signal.SIGKILL)
+        envs.processes[1].join()
+        with pytest.raises(RuntimeError, match="env-1 died"):
+            envs.step(np.zeros((2, 1), np.float32))
+        with pytest.raises(RuntimeError, match="closed"):
+            envs.step(np.zeros((2, 1), np.float32))
+    finally:
+        envs.close()
+
+
+def test_training_with_shm_workers_matches_sync_and_resumes(tmp_path):
+    """DDPG with updates overlapped with the env step (the workers simulate while the updates are launched): the same
+    parameters as with in-process envs, and a run stopped halfway resumes to the same end."""
+    def cfg(vectorization, total, resume=None):
+        return Config(agent=DDPGConfig(hidden_sizes=[16]), env=EnvConfig(num_envs=2, vectorization=vectorization,
+                                                                         max_episode_steps=60),
+                      buffer=BufferConfig(capacity=2000), logger=LoggerConfig(tensorboard=False), seed=1,
+                      device="cpu", trainer=TrainerConfig(total_steps=total, learning_starts=100, eval_every=0,
+                                                          eval_episodes=2, progress=False, overlap=True,
+                                                          resume=resume))
+    sync = run(cfg("sync", 300), run_dir=tmp_path / "sync")
+    full = run(cfg("shm", 300), run_dir=tmp_path / "full")
+    run(cfg("shm", 150), run_dir=tmp_path / "half")
+    resumed = run(cfg("shm", 300, resume=str(tmp_path / "half")), total_steps=300)
+    assert sync["step"] == full["step"] == resumed["step"] == 300
+    assert full["return_mean"] == sync["return_mean"] == resumed["return_mean"]
+    modules = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["agent"]["modules"]
+               for d in ("sync", "full", "half")]
+    assert all(torch.equal(modules[0][k], m[k]) for m in modules[1:] for k in modules[0])

@@ -15,6 +15,7 @@ the other backends', so a run steps through the same transitions whichever backe
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,9 +35,11 @@ def _arrays(buffers: dict[str, Any], shapes: dict[str, tuple[tuple[int, ...], An
 def _worker(index: int, env_fn: Callable[[], gym.Env], buffers: dict[str, Any], shapes: dict, go: Any, done: Any,
             pipe: Any, command: Any, failed: Any) -> None:
     a = _arrays(buffers, shapes)
-    env = None
+    env, parent = None, os.getppid()
     while True:
-        go.acquire()
+        while not go.acquire(timeout=1.0):
+            if os.getppid() != parent:  # the main process died without closing us (e.g. SIGKILL): do not linger
+                return
         cmd = command[index]
         try:
             if env is None:

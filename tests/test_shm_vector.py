@@ -131,3 +131,35 @@ def test_training_with_shm_workers_matches_sync_and_resumes(tmp_path):
     modules = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["agent"]["modules"]
                for d in ("sync", "full", "half")]
     assert all(torch.equal(modules[0][k], m[k]) for m in modules[1:] for k in modules[0])
+
+
+def test_workers_exit_when_the_main_process_is_killed(tmp_path):
+    """A main process killed with SIGKILL cannot close its workers: they notice within about a second and exit."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    script = ("import sys, time\nsys.path.insert(0, %r)\nfrom rl.config import EnvConfig\nfrom envs.make import make_vec_env\n"
+              "envs = make_vec_env(EnvConfig(id='Pendulum-v1'), num_envs=2, vectorization='shm')\n"
+              "envs.reset(seed=0)\nprint(' '.join(str(p.pid) for p in envs.processes), flush=True)\ntime.sleep(60)\n"
+              % str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(map(running, pids)):
+        time.sleep(0.2)
+    assert not any(map(running, pids))
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, waiting for its new parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read().lower()
+    except FileNotFoundError:
+        return False

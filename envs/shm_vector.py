@@ -9,7 +9,7 @@ one semaphore acquire per worker. Rare commands (reset with seeds, ``call``, clo
 ``step_async`` / ``step_wait`` let the caller work while the workers simulate. Same-step autoreset, as
 ``envs.make.make_vec_env`` gives the other backends: a sub-env that ends is reset at once; ``info["final_obs"]``
 holds its last observation where ``info["_final_obs"]`` is True. The sub-envs are the same gymnasium envs as
-the other backends', so a run steps through the same transitions whichever backend it uses (tests/test_envs.py).
+the other backends', so a run steps through the same transitions whichever backend it uses (tests/test_shm_vector.py).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class SharedMemoryVectorEnv(VectorEnv):
             theirs.close()
             self.pipes.append(mine)
             self.processes.append(p)
-        self.timeout, self.closed, self.waiting = timeout, False, False
+        self.timeout, self.closed, self.waiting, self.broken = timeout, False, False, False
 
     # -- the hot path ------------------------------------------------------------------------------
     def step_async(self, actions: Any) -> None:
@@ -150,26 +150,27 @@ class SharedMemoryVectorEnv(VectorEnv):
         return self.call(name)
 
     def close_extras(self, **kwargs: Any) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        """Close every env in its worker and end the workers (those that do not end in 2 s, or all of them once a
+        worker has died, are terminated)."""
         try:
-            if self.waiting:
-                self._wait(STEP)
-            self._send(CLOSE, [None] * self.num_envs)
-            self._replies(CLOSE)
+            if not self.broken:
+                if self.waiting:
+                    self._wait(STEP)
+                self._send(CLOSE, [None] * self.num_envs)
+                self._replies(CLOSE)
         except (RuntimeError, OSError, EOFError):
             pass
         for p in self.processes:
-            p.join(timeout=2)
+            p.join(timeout=0 if self.broken else 2)
             if p.is_alive():
                 p.terminate()
+                p.join(timeout=2)
         for pipe in self.pipes:
             pipe.close()
 
     def _send(self, cmd: int, payloads: list[Any] | None = None) -> None:
-        if self.closed and cmd != CLOSE:
-            raise RuntimeError("this vector env is closed")
+        if self.closed or self.broken:
+            raise RuntimeError("this vector env is closed" + (" (a worker died)" if self.broken else ""))
         for i in range(self.num_envs):
             self.command[i] = cmd
             if payloads is not None and cmd != CLOSE:
@@ -181,7 +182,7 @@ class SharedMemoryVectorEnv(VectorEnv):
             while not self.done.acquire(timeout=self.timeout):
                 dead = [p.name for p in self.processes if not p.is_alive()]
                 if dead:
-                    self.closed = True
+                    self.broken = True
                     raise RuntimeError(f"env worker(s) {', '.join(dead)} died")
         if any(self.failed):
             errors = [self.pipes[i].recv()[1] for i in range(self.num_envs) if self.failed[i]]

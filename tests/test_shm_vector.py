@@ -110,6 +110,7 @@ def test_shm_vector_env_reports_failures():
             envs.step(np.zeros((2, 1), np.float32))
     finally:
         envs.close()
+    assert not any(p.is_alive() for p in envs.processes)  # the surviving worker is ended too
 
 
 def test_training_with_shm_workers_matches_sync_and_resumes(tmp_path):

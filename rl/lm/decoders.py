@@ -4,8 +4,9 @@
 Llama family (Llama, Qwen2, Qwen3, Mistral without sliding window) with a KV cache of its own and the model's
 own modules (projections, norms, MLP, rotary embedding — LoRA adapters included), for speed:
 
-- attention of one new token reads each cached key/value head once for its whole group of query heads
-  (grouped-query attention as two batched matrix products), instead of copying K/V to every query head;
+- attention of one new token reads each cached key/value head once for its whole group of query heads (one
+  ``F.scaled_dot_product_attention`` call whose "query length" is that group; ``attention="bmm"``: two batched
+  matrix products and a softmax), instead of copying K/V to every query head;
 - each step reads only a window of the cache: the positions written so far, rounded up to ``window``;
 - with ``cuda_graphs`` each step is one CUDA-graph replay per (rows, cache length, window): rows are padded up
   to a power of two (≥ 8) so that a few graphs serve every batch;
@@ -13,7 +14,11 @@ own modules (projections, norms, MLP, rotary embedding — LoRA adapters include
   projections are concatenated into one weight, and the MLP's gate and up projections into another; LoRA adapters
   are merged into copies of their layers' weights (``W + s·B·A``, so a step runs no adapter products); the
   residual additions ride on the output projections' products (``addmm``). Memory: those copies (for full
-  fine-tuning, the q/k/v and gate/up weights: about 55 % of a Qwen2.5 model's non-embedding weights).
+  fine-tuning, the q/k/v and gate/up weights: about 55 % of a Qwen2.5 model's non-embedding weights);
+- fewer small kernels per step (``compile``; by default on when steps replay from CUDA graphs): the rotary
+  embedding of q and k with the two cache writes is one ``torch.compile``-generated kernel
+  (:func:`rope_into_cache`), the MLP's ``act(gate)·up`` another (:func:`swiglu`). With SDPA, a step launches about
+  half as many kernels as with eager small operations and two products (docs/benchmarks.md, issue #11).
 
 Both give the logits of the model's own forward pass on the unpadded sequence (tests/test_kimi.py checks it).
 Prompts are left-padded; positions count real tokens only.

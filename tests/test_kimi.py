@@ -572,9 +572,11 @@ def test_compiled_decoding_step_gives_the_full_forward_logits():
     tokens = torch.randint(3, 30, (3, 20), generator=torch.Generator().manual_seed(0))
     decoder = LlamaDecoder(model, window=8, compile=True)
     with torch.no_grad():
-        want = torch.stack([model(torch.tensor([p + tokens[i].tolist()])).logits[0, len(p) - 1:-1]
-                            for i, p in enumerate(prompts)], dim=1)
-        torch.testing.assert_close(teacher_forced(decoder, prompts, tokens, 0), want, rtol=1e-4, atol=1e-4)
+        for batch in (prompts, prompts[:1] + [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]):  # new rows and cache length
+            want = torch.stack([model(torch.tensor([p + tokens[i].tolist()])).logits[0, len(p) - 1:-1]
+                                for i, p in enumerate(batch)], dim=1)
+            torch.testing.assert_close(teacher_forced(decoder, batch, tokens[:len(batch)], 0), want, rtol=1e-4,
+                                       atol=1e-4)
     assert decoder.rope_into_cache.compiled is not None and decoder.swiglu.compiled is not None  # no eager fallback
 
 

@@ -115,7 +115,7 @@ class Fusable:
 
     def enable(self) -> None:
         if self.compiled is None:
-            self.compiled = torch.compile(self.fn, fullgraph=True, dynamic=False)
+            self.compiled = torch.compile(self.fn, fullgraph=True)  # a second shape: one recompile, shape-generic
 
     def __call__(self, *args: Any) -> Any:
         if self.compiled is not None:

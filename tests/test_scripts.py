@@ -45,9 +45,9 @@ def test_bench_of_batched_seeds_leaves_evaluations_out_and_prints_the_reference(
 def test_mujoco_table_stops_at_its_time_limit_continues_and_reports(tmp_path):
     """The table script on Pendulum (the protocol's machinery without MuJoCo): stopped by its time limit (exit 75),
     continued by the same command to the end, then the statistics of the curves it read back from TensorBoard."""
-    args = ["scripts/mujoco_table.py", "td3", "pendulum", "device=cpu", "trainer.learning_starts=100",
-            "trainer.eval_every=100", "trainer.eval_episodes=2", "agent.hidden_sizes=[16,16]", "buffer.capacity=5000",
-            "--seeds", "2", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
+    args = ["scripts/mujoco_table.py", "td3", "pendulum", "device=cpu", "env.vectorization=shm",  # the device's envs
+            "trainer.learning_starts=100", "trainer.eval_every=100", "trainer.eval_episodes=2",
+            "agent.hidden_sizes=[16,16]", "buffer.capacity=5000", "--seeds", "2", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
     proc = script(*args, "--steps", "100000", "--minutes", "0.001")  # the time limit (at least 1 s of training)
     assert proc.returncode == 75, proc.stderr
     stopped = int(proc.stdout.split("stopped at step ")[1].split(" ")[0].replace(",", ""))

@@ -147,7 +147,8 @@ def test_graphed_add_writes_what_the_eager_add_writes():
     assert graphed.use_cuda_graphs()
     g = torch.Generator().manual_seed(0)
     for i in range(12):
-        step = {"x": torch.randn(6, 2, generator=g).to(CUDA), "done": (torch.rand(6, generator=g) < 0.5).float().to(CUDA)}
+        flags = (torch.rand(6, generator=g) < 0.5).float()  # float, as the collector uploads them
+        step = {"x": torch.randn(6, 2, generator=g).to(CUDA), "done": flags.to(CUDA)}
         eager.add(step)
         graphed.add(step)
         assert (graphed.pos, graphed.size) == (eager.pos, eager.size), i

@@ -51,6 +51,7 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
         self.num_updates = 0
         self.num_seeds = 1  # agents that batch seeds: K
         self.generators: list[torch.Generator] = []  # the agent's own random streams (checkpointed; CUDA-graph safe)
+        self.banks: dict[str, seeding.Bank] = {}  # their draws made ahead, for graphs (rl.seeding.Bank)
         self._graphed_update: Any = None  # rl.graphs.Graphed, once use_cuda_graphs() is called
         self._graphed_act: Any = None
         self._graphed_sampled_update: Any = None  # sample_and_update's graph (replay buffer + update in one)
@@ -98,7 +99,7 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
             return False
         from rl.graphs import Graphed
 
-        gens = tuple(self.generators)
+        gens = tuple(self.generators)  # for random draws outside the agent's banks, if a subclass makes any
         self._graphed_update = Graphed(lambda phase, batch: self.update_step(batch, phase), generators=gens)
         self._graphed_act = Graphed(lambda explore, x: self.act(x["obs"], explore), generators=gens)
         return True
@@ -147,7 +148,8 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
     def state(self) -> dict:
         return {"modules": self.state_dict(), "counters": self.counters(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
-                **({"rng": seeding.get_states(self.generators)} if self.generators else {})}
+                **({"rng": seeding.get_states(self.generators)} if self.generators else {}),
+                **({"banks": seeding.bank_states(self.banks)} if self.banks else {})}
 
     def load_state(self, state: dict) -> None:
         self.load_state_dict(state["modules"])
@@ -155,6 +157,7 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
             o.load_state_dict(state["optimizers"][k])
         if self.generators and "rng" in state:
             seeding.set_states(self.generators, state["rng"])
+            seeding.load_banks(self.banks, self.generators, state.get("banks", {}))
         self.load_counters(state["counters"])
 
     def describe_spaces(self) -> dict:

@@ -135,7 +135,8 @@ class DDPG(Agent):
     def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
         action = self.actor(self.per_seed(obs))
         if explore and self.cfg.exploration_noise > 0:
-            noise = seeding.randn(self.generators, action.shape[1:]) * self.cfg.exploration_noise * self.actor.half_range
+            noise = seeding.bank(self.banks, "explore", self.generators, action.shape[1:], normal=True).take() \
+                * self.cfg.exploration_noise * self.actor.half_range
             action = torch.clamp(action + noise, self.low, self.high)
         return action.flatten(0, 1), {}
 
@@ -147,7 +148,8 @@ class DDPG(Agent):
             next_action = self.actor_target(next_obs)
             if cfg.target_policy_noise > 0:
                 half = self.actor.half_range
-                noise = seeding.randn(self.generators, next_action.shape[1:]) * cfg.target_policy_noise * half
+                noise = seeding.bank(self.banks, "target", self.generators, next_action.shape[1:], normal=True).take() \
+                    * cfg.target_policy_noise * half
                 next_action = smoothed_target_action(next_action, noise, cfg.target_noise_clip * half,
                                                      self.low, self.high)
             y = critic_target(reward, self.q_values(self.critic_targets, next_obs, next_action), terminated,

@@ -52,6 +52,7 @@ class ReplayBuffer:
         self.num_seeds = len(seeds)
         self.data = _alloc(self.spec, (self.num_seeds * self.capacity,), self.device)
         self.generators = seeding.generators(seeds, "replay", self.device)
+        self.banks: dict[str, seeding.Bank] = {}  # their draws made ahead, for graphs (rl.seeding.Bank)
         self.block_start = torch.arange(self.num_seeds, device=self.device).unsqueeze(1) * self.capacity  # [K, 1]
         self.pos = 0  # next write index (of every seed's ring: they fill in step)
         self.size = 0  # transitions held per seed
@@ -126,7 +127,8 @@ class ReplayBuffer:
         return self._sample(batch_size)
 
     def _sample(self, batch_size: int) -> dict[str, Tensor]:
-        u = seeding.rand(self.generators, (batch_size,), torch.float64)  # [K, batch_size]
+        u = seeding.bank(self.banks, "replay", self.generators, (batch_size,), normal=False,
+                         dtype=torch.float64).take()  # [K, batch_size]
         idx = ((u * self.size_on_device).long() + self.block_start).flatten()
         return {k: v[idx] for k, v in self.data.items()}
 
@@ -159,6 +161,7 @@ class ReplayBuffer:
             "size": self.size,
             "num_seeds": self.num_seeds,
             "rng": seeding.get_states(self.generators),
+            "banks": seeding.bank_states(self.banks),
             "spec": {k: (list(s), str(d).removeprefix("torch.")) for k, (s, d) in self.spec.items()},
             "data": {k: self._rings(k)[:, :self.size].to("cpu", copy=True).reshape(-1, *self.spec[k][0])
                      for k in self.data},  # a copy: only the filled part is saved
@@ -178,6 +181,7 @@ class ReplayBuffer:
             self._rings(k)[:, :self.size] = v.view(self.num_seeds, self.size, *self.spec[k][0]).to(self.device)
         if "rng" in state:
             seeding.set_states(self.generators, state["rng"])
+            seeding.load_banks(self.banks, self.generators, state.get("banks", {}))
 
     def save(self, path: PathLike) -> None:
         atomic_save(self.state_dict(), path)

@@ -7,8 +7,10 @@ exist), then captures it once, then replays: each call is exactly one real execu
 so a graphed run performs the same sequence of updates as an eager one. Requirements on the function: it
 reads only tensors that stay at the same address (parameters, optimizer state, the replay buffer's storage,
 the ``inputs`` given here), keeps no host-side state of its own, makes no host sync, and draws random
-numbers from the default CUDA generator (graph-safe). Optimizers must be ``capturable`` (see
-:func:`rl.networks.adam`).
+numbers from the default CUDA generator or from the ``generators`` given (graph-safe; each replay then refills
+every such generator's state from the host), or takes them from :class:`rl.seeding.Bank` objects (drawn ahead:
+the graph remembers which banks it takes from, and each replay accounts for one use of each). Optimizers must be
+``capturable`` (see :func:`rl.networks.adam`).
 
 If a capture fails (an op that cannot be captured), it says so once and that key runs eagerly from then on.
 """
@@ -21,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from rl import seeding
 
 Outputs = Any  # a tensor, or a (nested) tuple / dict of tensors
 
@@ -45,10 +49,12 @@ class Graphed:
 
     def __call__(self, key: Hashable, inputs: dict[str, Tensor]) -> Outputs:
         if key in self.graphs:
-            graph, static, out = self.graphs[key]
+            graph, static, out, banks = self.graphs[key]
             fresh = [k for k in static if inputs[k] is not static[k]]  # a graph's own outputs come back as they are
             if fresh:
                 torch._foreach_copy_([static[k] for k in fresh], [inputs[k] for k in fresh])  # one launch
+            for bank in banks:  # random numbers drawn ahead (rl.seeding.Bank): refilled here when spent
+                bank.reserve()
             graph.replay()
             return out
         if key in self.failed or self.eager_calls.get(key, 0) < self.warmup:
@@ -70,16 +76,21 @@ class Graphed:
         try:
             for generator in self.generators:  # so that each replay advances them, as an eager call would
                 graph.register_generator_state(generator)
+            seeding._capture_log = banks = []  # the rl.seeding.Bank objects the function takes from
             with torch.cuda.graph(graph, pool=self.pool):
                 out = self.fn(key, static)
         except Exception as e:  # noqa: BLE001 — any capture failure: fall back to eager for this key
+            seeding._capture_log = None
             torch.cuda.synchronize()
             self.failed.add(key)
             name = getattr(self.fn, "__qualname__", repr(self.fn))
             print(f"CUDA-graph capture of {name} (key {key!r}) failed ({type(e).__name__}: {e}); it runs eagerly",
                   file=sys.stderr)
             return self._on_side_stream(key, inputs)
+        seeding._capture_log = None
         self.pool = graph.pool()
-        self.graphs[key] = (graph, static, out)
+        self.graphs[key] = (graph, static, out, banks)
+        for bank in banks:
+            bank.reserve()
         graph.replay()  # the capture recorded the work without doing it: this is the real execution
         return out

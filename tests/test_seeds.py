@@ -125,3 +125,25 @@ def test_replay_buffer_samples_each_seed_from_its_own_ring():
     twin = ReplayBuffer(10, {"x": ((), torch.float32)}, seeds=[7, 8, 9])  # other seeds: the saved state decides
     twin.load_state_dict(batched.state_dict())
     assert torch.equal(twin.sample(9)["x"], batched.sample(9)["x"])
+
+
+def test_bank_hands_out_each_seeds_generator_draws_in_blocks_and_resumes():
+    """rl.seeding.Bank: use j of seed k is row j mod 64 of block j // 64 drawn from seed k's generator (a function of
+    that generator alone, whatever K is); its state taken mid-block continues exactly."""
+    gens = seeding.generators([3, 4], "noise")
+    bank = seeding.Bank(gens, (5,), normal=True)
+    got = torch.stack([bank.take() for _ in range(100)], dim=1)  # [K, 100, 5]
+    again = seeding.generators([3, 4], "noise")
+    want = torch.stack([torch.cat([torch.randn((64, 5), generator=g) for _ in range(2)])[:100] for g in again])
+    assert torch.equal(got, want)
+    one = seeding.Bank(seeding.generators([4], "noise"), (5,), normal=True)  # seed 4 alone: its row of the batch
+    assert torch.equal(torch.stack([one.take() for _ in range(100)], dim=1)[0], got[1])
+    state, gen_state = bank.state(), seeding.get_states(gens)
+    follow = [bank.take() for _ in range(40)]  # crosses the next block boundary
+    fresh_gens = seeding.generators([3, 4], "noise")
+    seeding.set_states(fresh_gens, gen_state)
+    banks: dict = {}
+    seeding.load_banks(banks, fresh_gens, {"b": {**state, "shape": [5], "normal": True, "dtype": "float32"}})
+    assert all(torch.equal(banks["b"].take(), f) for f in follow)
+    uniform = seeding.Bank(seeding.generators([3], "replay"), (7,), normal=False, dtype=torch.float64).take()
+    assert uniform.dtype == torch.float64 and uniform.shape == (1, 7) and ((0 <= uniform) & (uniform < 1)).all()

@@ -148,8 +148,8 @@ OmegaConf.register_new_resolver("stamp", _stamp, replace=True)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    """One run; returns what a sweeper maximizes (``hydra/sweeper=optuna``): the final evaluation's mean return,
-    or held-out accuracy for LLM runs."""
+    """One run; returns what a sweeper maximizes (``hydra/sweeper=optuna``): the final evaluation's mean return
+    (averaged over the seeds of a ``trainer.num_seeds`` run), or held-out accuracy for LLM runs."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
@@ -174,6 +174,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     summary = ", ".join(f"{k}={show(v)}" for k, v in result.items() if k != "interrupted")
     print(f"done: {summary} ({run_dir})")
     objective = result.get("return_mean", result.get("accuracy"))
+    if isinstance(objective, list):  # trainer.num_seeds = K: a sweeper maximizes the mean over the K seeds
+        objective = sum(objective) / len(objective)
     return None if objective is None else float(objective)
 
 

@@ -147,3 +147,17 @@ def test_bank_hands_out_each_seeds_generator_draws_in_blocks_and_resumes():
     assert all(torch.equal(banks["b"].take(), f) for f in follow)
     uniform = seeding.Bank(seeding.generators([3], "replay"), (7,), normal=False, dtype=torch.float64).take()
     assert uniform.dtype == torch.float64 and uniform.shape == (1, 7) and ((0 <= uniform) & (uniform < 1)).all()
+
+
+def test_cli_trains_k_seeds_and_reports_their_mean(tmp_path):
+    """``python -m rl.train agent=td3 env=pendulum trainer.num_seeds=2`` (here on shm worker processes, as on the
+    device): exit 0, one TensorBoard run per seed, the final line lists each seed's return; the value a sweeper
+    maximizes is the mean over the seeds."""
+    from tests.conftest import TINY, run_cli
+
+    out = run_cli("agent=td3", "env=pendulum", "trainer.num_seeds=2", "env.vectorization=shm", *TINY,
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "run").glob("seed_*")) == ["seed_0", "seed_1"]
+    done = [line for line in out.stdout.splitlines() if line.startswith("done:")]
+    assert len(done) == 1 and "return_mean=[" in done[0], out.stdout[-1000:]

@@ -158,8 +158,8 @@ class SharedMemoryVectorEnv(VectorEnv):
                     self._wait(STEP)
                 self._send(CLOSE, [None] * self.num_envs)
                 self._replies(CLOSE)
-        except (RuntimeError, OSError, EOFError):
-            pass
+        except (RuntimeError, OSError, EOFError):  # a worker failed or died while closing: end them all now
+            self.broken = True
         for p in self.processes:
             p.join(timeout=0 if self.broken else 2)
             if p.is_alive():

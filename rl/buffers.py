@@ -58,7 +58,8 @@ class ReplayBuffer:
         self.size = 0  # transitions held per seed
         self.size_on_device = torch.zeros((), dtype=torch.float64, device=self.device)  # read by sample()
         self.pos_on_device = torch.zeros((), dtype=torch.long, device=self.device)  # read by the graphed add
-        self.rings = {k: self._rings(k) for k in self.spec}  # [K, capacity, ...] views of data
+        self.rings = {k: v.view(self.num_seeds, self.capacity, *self.spec[k][0])  # data[k] as one ring per seed
+                      for k, v in self.data.items()}
         self._graphed_add: Any = None
         self._graphed_sample: Any = None
 
@@ -68,10 +69,6 @@ class ReplayBuffer:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.data.values())
-
-    def _rings(self, key: str) -> Tensor:
-        """``data[key]`` as [K, capacity, ...]: one ring per seed."""
-        return self.data[key].view(self.num_seeds, self.capacity, *self.spec[key][0])
 
     def add(self, step: Mapping[str, Tensor]) -> None:
         """Append a batch of transitions: every value has the same leading size K·n (e.g. ``num_envs`` per seed),
@@ -163,7 +160,7 @@ class ReplayBuffer:
             "rng": seeding.get_states(self.generators),
             "banks": seeding.bank_states(self.banks),
             "spec": {k: (list(s), str(d).removeprefix("torch.")) for k, (s, d) in self.spec.items()},
-            "data": {k: self._rings(k)[:, :self.size].to("cpu", copy=True).reshape(-1, *self.spec[k][0])
+            "data": {k: self.rings[k][:, :self.size].to("cpu", copy=True).reshape(-1, *self.spec[k][0])
                      for k in self.data},  # a copy: only the filled part is saved
         }
 
@@ -178,7 +175,7 @@ class ReplayBuffer:
         self.size_on_device.fill_(self.size)
         self.pos_on_device.fill_(self.pos)
         for k, v in state["data"].items():
-            self._rings(k)[:, :self.size] = v.view(self.num_seeds, self.size, *self.spec[k][0]).to(self.device)
+            self.rings[k][:, :self.size] = v.view(self.num_seeds, self.size, *self.spec[k][0]).to(self.device)
         if "rng" in state:
             seeding.set_states(self.generators, state["rng"])
             seeding.load_banks(self.banks, self.generators, state.get("banks", {}))

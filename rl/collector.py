@@ -79,6 +79,7 @@ class VectorEnvCollector:
         self.ep_length = np.zeros(self.n, dtype=np.int64)
         self.rngs = seeding.generators(seeds, "warmup")  # warm-up actions: independent of the agent's streams
         self.staging: list[tuple[Tensor, Any]] = []  # pinned host buffers (and their copy events) for uploads to CUDA
+        self.pipelined = hasattr(envs, "step_async")  # worker processes (async, shm): send, work, then collect
 
     def _tensor(self, x: np.ndarray) -> Tensor:
         return torch.as_tensor(x, device=self.device, dtype=self.obs_dtype)
@@ -129,7 +130,7 @@ class VectorEnvCollector:
             with torch.no_grad():
                 action, extras = agent.explore(self.obs)
         host_action = self.clip(action).cpu().numpy()
-        if during is not None and hasattr(self.envs, "step_async"):  # worker processes: they simulate meanwhile
+        if during is not None and self.pipelined:  # worker processes: they simulate meanwhile
             self.envs.step_async(host_action)
             during(self.per_seed)
             next_obs, reward, terminated, truncated, info = self.envs.step_wait()

@@ -328,20 +328,17 @@ class LlamaDecoder:
         inputs = {"tok": padded, "slot": torch.full((1,), slot, dtype=torch.long, device=tok.device),
                   "pos": self.next_pos + t}
         window = min(_round_up(slot + 1, self.window), length)
-        if self.cuda_graphs and tok.is_cuda:
+        graphs = self.cuda_graphs and tok.is_cuda
+        if self.compile or (self.compile is None and graphs):  # None: with graphs only (idempotent)
+            self.rope_into_cache.enable()
+            self.swiglu.enable()
+        if graphs:
             if self.graphed is None:
                 from rl.graphs import Graphed
-
-                if self.compile is not False:
-                    self.rope_into_cache.enable()
-                    self.swiglu.enable()
 
                 self.graphed = Graphed(lambda key, x: self._step(key[2], x))
             logits = self.graphed((rows, length, window), inputs)
         else:
-            if self.compile:  # asked for without CUDA graphs (e.g. to test the compiled code on a CPU)
-                self.rope_into_cache.enable()
-                self.swiglu.enable()
             logits = self._step(window, inputs)
         return logits[:B]
 

@@ -177,6 +177,13 @@ def check_seeds(agent_cls: type[Agent], cfg: Config) -> None:
           "resets its own gymnasium envs; a batched torch env draws every env's resets from one generator)")
 
 
+def check_eval_background(agent_cls: type[Agent], cfg: Config) -> None:
+    """``trainer.eval_background`` needs the env evaluation every env agent has (rl/background_eval.py)."""
+    check(not cfg.trainer.eval_background or agent_cls.make_evaluator is Agent.make_evaluator,
+          f"trainer.eval_background=true plays gymnasium evaluation episodes in a CPU process; agent={cfg.agent.name} "
+          "evaluates its own way: leave it false")
+
+
 def create(agent_cls: type[Agent], obs_space: gym.Space, action_space: gym.Space, cfg: Config,
            device: torch.device) -> Agent:
     """``agent_cls`` for ``cfg`` (its ``trainer.num_seeds`` seeds when it batches seeds)."""
@@ -192,6 +199,7 @@ def build_agent(cfg: Config) -> Agent:
     if name not in AGENTS:
         raise ConfigError(f"unknown agent {name!r}; known: {', '.join(sorted(AGENTS))}")
     check_seeds(AGENTS[name][0], cfg)
+    check_eval_background(AGENTS[name][0], cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     obs_space, action_space = probe_spaces(cfg.env)

@@ -80,6 +80,7 @@ class VectorEnvCollector:
         self.rngs = seeding.generators(seeds, "warmup")  # warm-up actions: independent of the agent's streams
         self.staging: list[tuple[Tensor, Any]] = []  # pinned host buffers (and their copy events) for uploads to CUDA
         self.pipelined = hasattr(envs, "step_async")  # worker processes (async, shm): send, work, then collect
+        self.pinned: Tensor | None = None  # the actions' way back from CUDA (_download)
 
     def _tensor(self, x: np.ndarray) -> Tensor:
         return torch.as_tensor(x, device=self.device, dtype=self.obs_dtype)
@@ -118,26 +119,44 @@ class VectorEnvCollector:
         self.staging.append((host, event))
         return dev
 
+    def _download(self, action: Tensor) -> Callable[[], np.ndarray]:
+        """``action`` on the host, later: returns a function that waits for it. From CUDA the copy goes into a
+        pinned buffer behind the work queued so far; the host waits for that copy only, so work launched after
+        this call (the overlapped update) is already queued on the GPU while the host waits and steps the envs."""
+        if action.device.type != "cuda":
+            host = action.numpy()
+            return lambda: host
+        if self.pinned is None or self.pinned.shape != action.shape or self.pinned.dtype != action.dtype:
+            self.pinned = torch.empty(action.shape, dtype=action.dtype, pin_memory=True)
+        self.pinned.copy_(action, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def wait() -> np.ndarray:
+            done.synchronize()
+            return self.pinned.numpy().copy()  # the buffer is refilled next step; the envs may keep the array
+        return wait
+
     def collect(self, agent: Any, storage: Any, random_actions: bool,
                 during: Callable[[int], None] | None = None) -> tuple[int, list[Episode]]:
-        """One step of every env. ``during(n)``, if given, runs once the actions are known, while the envs step (the
-        trainer's overlapped updates: queued on the GPU while the envs simulate; with worker processes — ``async``,
-        ``shm`` — the host launches them between sending the actions and collecting the results)."""
+        """One step of every env. ``during(n)``, if given, runs once the actions are queued on the device, before
+        the host waits for them (the trainer's overlapped updates: on CUDA, the GPU runs them behind the action
+        while the host waits for the action, then steps the envs; with worker processes — ``async``, ``shm`` —
+        the workers simulate meanwhile). The update reads the parameters after the action, as in a plain run."""
         if random_actions:
             action = torch.cat([uniform_actions(self.act_space, self.per_seed, g) for g in self.rngs])
             action, extras = action.to(self.device), {}
         else:
             with torch.no_grad():
                 action, extras = agent.explore(self.obs)
-        host_action = self.clip(action).cpu().numpy()
-        if during is not None and self.pipelined:  # worker processes: they simulate meanwhile
-            self.envs.step_async(host_action)
+        host_action = self._download(self.clip(action))
+        if during is not None:
             during(self.per_seed)
+        if self.pipelined:  # worker processes: send, then collect
+            self.envs.step_async(host_action())
             next_obs, reward, terminated, truncated, info = self.envs.step_wait()
         else:
-            if during is not None:
-                during(self.per_seed)
-            next_obs, reward, terminated, truncated, info = self.envs.step(host_action)
+            next_obs, reward, terminated, truncated, info = self.envs.step(host_action())
         final_next = next_obs  # the stored s': the true last observation where an episode just ended
         if "_final_obs" in info and info["_final_obs"].any():
             final_next = next_obs.copy()

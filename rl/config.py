@@ -81,6 +81,7 @@ class TrainerConfig:
     log_every: int = 1_000  # env steps between scalar logs
     eval_every: int = 5_000  # env steps between evaluations (0: only at the end)
     eval_episodes: int = 10
+    eval_background: bool = False  # evaluations in a process of their own (rl/background_eval.py); the loop steps on
     checkpoint_every: int = 10_000  # env steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2  # complete checkpoints kept (the newest, and the ones to fall back to if it is corrupt)
     progress: bool = True  # progress bar (tqdm; works in Jupyter)

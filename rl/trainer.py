@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from rl import checkpoint, distributed
+from rl.background_eval import BackgroundEvaluator
 from rl.buffers import ReplayBuffer
 from rl.collector import TorchEnvCollector, VectorEnvCollector, evaluate_policy
 from rl.config import Config, ConfigError, flat, to_yaml
@@ -95,7 +96,7 @@ class Trainer:
             else:
                 print(f"trainer.compile: CUDA graphs need device=cuda and a graphable update; {type(agent).__name__} "
                       f"on {agent.device} runs eagerly", file=sys.stderr)
-        self.evaluator = evaluator or agent.make_evaluator(cfg)
+        self.evaluator = evaluator or self._make_evaluator()
         self.video_env = self._video_env() if cfg.trainer.video else None
         on = cfg.logger.tensorboard and self.run_dir is not None and self.group.main
         self.loggers = [Logger(d, enabled=on) for d in self.seed_dirs()]  # one TensorBoard run per seed
@@ -111,6 +112,7 @@ class Trainer:
         self._signal: int | None = None  # a SIGINT/SIGTERM this process received
         self._stop: int | None = None  # the signal every rank stops for (after the iteration that saw it)
         self._hparams_logged = False
+        self.eval_due: int | None = None  # resumed: the step of a background evaluation the checkpoint did not see end
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, total_steps: int | None = None) -> dict[str, Any]:
@@ -130,6 +132,9 @@ class Trainer:
         t_log, s_log = time.perf_counter(), self.step
         t_start, s_start = t_log, self.step
         try:
+            if self.eval_due is not None and self.eval_due == self.step and self.step < total:
+                self._periodic_evaluation()
+            self.eval_due = None
             while self.step < total and self._stop is None:
                 before = self.step
                 self.agent.set_progress(self.step / total)
@@ -149,8 +154,9 @@ class Trainer:
                     sps = (self.step - s_log) / max(now - t_log, 1e-9)
                     t_log, s_log = now, self.step
                     self._log_scalars({"charts/SPS": sps}, bar)
+                    self._collect_evals(wait=False)
                 if crossed(before, self.step, tc.eval_every) and self.step < total:
-                    self.evaluate()
+                    self._periodic_evaluation()
                 if self.video_env is not None and crossed(before, self.step, tc.video_every) and self.step < total:
                     self.record_video()
                 if crossed(before, self.step, tc.checkpoint_every) and self.step < total:
@@ -200,13 +206,55 @@ class Trainer:
         for batch in self.storage.batches(k, tc.batch_size):
             self.metrics.add(self.agent.update(batch))
 
+    def _make_evaluator(self) -> Evaluator:
+        if not self.cfg.trainer.eval_background:
+            return self.agent.make_evaluator(self.cfg)
+        from agents.base import check_eval_background  # (agents import this module)
+
+        check_eval_background(type(self.agent), self.cfg)
+        return BackgroundEvaluator(self.cfg)
+
     def evaluate(self) -> dict[str, Any]:
+        """Evaluate the agent as it is now and log it under eval/ (waiting for the result, also when
+        ``trainer.eval_background`` sends it to the evaluator's process)."""
         self.check_finite()
-        self.last_eval = self.evaluator(self.agent)  # plain keys go under eval/, "group/name" keys as they are
-        tagged = {k if "/" in k else f"eval/{k}": v for k, v in self.last_eval.items()}
-        for k, logger in enumerate(self.loggers):
-            logger.scalars(seed_values(tagged, k), self.step)
+        if isinstance(self.evaluator, BackgroundEvaluator):
+            self._log_evals(self.evaluator.submit(self.step, self.agent) + self.evaluator.wait())
+        else:
+            self._log_evals([(self.step, self.evaluator(self.agent))])
         return self.last_eval
+
+    def _log_evals(self, results: list[tuple[int, dict[str, Any]]]) -> None:
+        for step, result in results:
+            self.last_eval = result  # plain keys go under eval/, "group/name" keys as they are
+            tagged = {k if "/" in k else f"eval/{k}": v for k, v in result.items()}
+            for k, logger in enumerate(self.loggers):
+                logger.scalars(seed_values(tagged, k), step)
+
+    def _periodic_evaluation(self) -> None:
+        """The evaluation every ``eval_every`` steps: handed to the evaluator's process with
+        ``trainer.eval_background`` (logged when it is back), else run here."""
+        if isinstance(self.evaluator, BackgroundEvaluator):
+            self.check_finite()
+            self._log_evals(self.evaluator.submit(self.step, self.agent))
+        else:
+            self.evaluate()
+
+    def _eval_in_flight(self) -> int | None:
+        """For a checkpoint: log the background evaluations that are done (waiting for one of an earlier step, whose
+        parameters the checkpoint no longer has); the step of one still running for this very step, which a run
+        resumed from the checkpoint evaluates again (same parameters, same episodes)."""
+        if not isinstance(self.evaluator, BackgroundEvaluator):
+            return None
+        self._log_evals(self.evaluator.poll())
+        if self.evaluator.pending is not None and self.evaluator.pending != self.step:
+            self._log_evals(self.evaluator.wait())
+        return self.evaluator.pending
+
+    def _collect_evals(self, wait: bool) -> None:
+        """Log what the background evaluator has finished (``wait``: and the evaluation still in flight)."""
+        if isinstance(self.evaluator, BackgroundEvaluator):
+            self._log_evals(self.evaluator.wait() if wait else self.evaluator.poll())
 
     def _video_env(self) -> Any:
         from rl.video import make_render_env
@@ -334,6 +382,7 @@ class Trainer:
             return self.saved[1]
         self.check_finite()
         state = self.state_dict()
+        state["trainer"]["eval_due"] = self._eval_in_flight()
         path = checkpoint.unit_path(self.run_dir, self.step)
         failure: Exception | None = None
         if self.group.main:
@@ -369,9 +418,14 @@ class Trainer:
         set_rng_state(state["rng"])
         self._hparams_logged = True
         self.saved, self.last_log_step = (self.step, unit.path), self.step
+        self.eval_due = t.get("eval_due")  # a background evaluation of this step that was still running
         return unit.path
 
     def close(self) -> None:
+        try:
+            self._collect_evals(wait=True)
+        except RuntimeError as e:  # the evaluator failed: closing still ends every process
+            print(f"closing: {e}", file=sys.stderr)
         self.collector.close()
         if self.video_env is not None:
             self.video_env.close()

@@ -6,7 +6,9 @@
     python scripts/mujoco_table.py --report docs/results/mujoco      # the markdown rows (and PNGs) of every JSON there
 
 The protocol of the paper: 1M environment steps per seed, an evaluation every 5,000 steps of 10 deterministic
-episodes (no exploration noise) per seed, on envs of their own (K x 10 in one vector env). Reported per seed: the
+episodes (no exploration noise) per seed, on envs of their own (K x 10 in one vector env), played by a process of
+their own while training goes on (``trainer.eval_background``; TD3 HalfCheetah-v5, the first row, was evaluated in
+the training loop: the same episodes from the same parameters, the actions then computed on the GPU). Reported per seed: the
 maximum over the evaluations of the average return ("max average return"), and the average of the last 10
 evaluations; over the seeds their mean +- std. Beside them, the paper's numbers (its "max average return over 10
 trials", +- one std over the trials) and CleanRL's (average training-episode return at the end, 3 seeds, v4 envs).
@@ -54,7 +56,8 @@ PAPER = {"td3": {"halfcheetah": (9636.95, 859.065), "hopper": (3564.07, 114.74),
                   "ant": (888.77, None)}}
 # CleanRL's td3_continuous_action.py (docs: rl-algorithms/td3): average training-episode return, 3 seeds, v4 envs.
 CLEANRL = {"td3": {"halfcheetah": (9583.22, 126.09), "hopper": (3134.61, 360.18), "walker2d": (4057.59, 658.78)}}
-PROTOCOL = ["trainer.eval_every=5000", "trainer.eval_episodes=10", "trainer.progress=false"]
+PROTOCOL = ["trainer.eval_every=5000", "trainer.eval_episodes=10", "trainer.eval_background=true",
+            "trainer.progress=false"]
 GPU = ["device=cuda", "trainer.compile=true", "trainer.overlap=true", "env.vectorization=shm"]
 STOPPED = 75  # EX_TEMPFAIL: stopped at the time limit, continue with the same command
 

@@ -245,3 +245,35 @@ def test_pinned_asynchronous_uploads_store_what_the_host_saw():
     for k in stored[0]:
         assert torch.equal(stored[0][k], stored[1][k]), k
     assert stored[1]["truncated"].sum() == 8  # 20 steps of 4 envs with episodes of 7 steps
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "shm"])
+def test_update_queued_behind_the_action_equals_waiting_for_the_action(vectorization, monkeypatch):
+    # trainer.overlap on CUDA: the update is queued behind the action's copy to the host, before the host waits for
+    # it. Two seeds of TD3 with graphs must end exactly where the same run ends when the host first waits for the
+    # action (a plain synchronous .cpu()), then launches the update.
+    from agents.ddpg import DDPGConfig as Cfg
+    from agents.base import build_agent
+    from rl.collector import VectorEnvCollector
+    from rl.config import BufferConfig, Config, EnvConfig, LoggerConfig, TrainerConfig
+    from rl.trainer import Trainer
+
+    def train() -> torch.Tensor:
+        cfg = Config(agent=Cfg(name="td3", hidden_sizes=[64, 64], twin_critics=True, target_policy_noise=0.2,
+                               policy_delay=2),
+                     env=EnvConfig(name="pendulum", id="Pendulum-v1", num_envs=2, vectorization=vectorization),
+                     buffer=BufferConfig(capacity=5000),
+                     trainer=TrainerConfig(total_steps=700, learning_starts=200, eval_every=0, eval_episodes=1,
+                                           checkpoint_every=0, progress=False, compile=True, overlap=True,
+                                           num_seeds=2),
+                     logger=LoggerConfig(tensorboard=False), seed=3, device="cuda")
+        agent = build_agent(cfg)
+        trainer = Trainer(cfg, agent, run_dir=None)
+        trainer.run()
+        trainer.close()
+        return torch.cat([params(agent.actor), params(agent.critics)]).cpu()
+
+    queued = train()
+    monkeypatch.setattr(VectorEnvCollector, "_download", lambda self, action: (lambda a=action.cpu().numpy(): a))
+    waited = train()
+    assert torch.equal(queued, waited)

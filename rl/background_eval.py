@@ -11,9 +11,10 @@ of the step it was handed, with the actions computed on the CPU: from a GPU run 
 in-line evaluation by float rounding in the actions, nothing else. Results are logged at the step they belong to.
 The process and its env workers run at a lower scheduling priority (``nice`` 10) than the training loop, on the
 cores it leaves idle. One evaluation is in flight at a time: handing over the next one first waits for the one
-before, so when evaluations take longer than the interval the loop slows to their pace instead of queueing copies. The run's final
-evaluation is waited for; checkpoints and ``close`` collect the one in flight first, so a stop loses no logged
-evaluation.
+before, so when evaluations take longer than the interval the loop slows to their pace instead of queueing copies.
+The run's final evaluation is waited for, and so is the one in flight at ``close``. A checkpoint written while the
+evaluation of its own step is still running records that step, and a run resumed from it evaluates it again (same
+parameters, same episodes): a crash loses no evaluation.
 """
 
 from __future__ import annotations

@@ -89,6 +89,8 @@ class TrainerConfig:
     compile: bool = False  # CUDA graphs: each update and each exploring action is one graph replay (device=cuda)
     overlap: bool = False  # off-policy agents: update on the GPU while the host steps the envs (each update then
     #                        samples the replay buffer as it was before the newest transition)
+    tf32: bool = False  # CUDA float32 matmuls through TF32 tensor cores (inputs rounded to 10 mantissa bits): faster,
+    #                     other numbers; for this run only
     threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest for small MLPs on a CPU
     video: bool = False  # the final evaluation episode → <run dir>/videos/*.mp4 + TensorBoard (pip install '.[video]')
     video_every: int = 0  # env steps between videos of the evaluation episode during training (0: only the final one)

@@ -124,9 +124,10 @@ class Trainer:
             for seed, logger in zip(self.cfg.seeds, self.loggers):
                 logger.hparams(flat(replace(self.cfg, seed=seed)), ["eval/return_mean", "charts/episodic_return"])
             self._hparams_logged = True
-        threads = torch.get_num_threads()
-        if tc.threads > 0:  # for this run only: a notebook gets its own setting back afterwards
+        threads, tf32 = torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32
+        if tc.threads > 0:  # for this run only: a notebook gets its own settings back afterwards
             torch.set_num_threads(tc.threads)
+        torch.backends.cuda.matmul.allow_tf32 = tc.tf32
         previous = self._install_signal_handlers()
         bar = _progress(total, self.step, tc.progress and self.group.main)
         t_log, s_log = time.perf_counter(), self.step
@@ -173,6 +174,7 @@ class Trainer:
             bar.close()
             self._restore_signal_handlers(previous)
             torch.set_num_threads(threads)
+            torch.backends.cuda.matmul.allow_tf32 = tf32
         if self._stop is not None:
             name = signal.Signals(self._stop).name
             where = f"; checkpoint saved to {path}; continue with trainer.resume={self.run_dir}" if path else ""

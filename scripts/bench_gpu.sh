@@ -4,6 +4,7 @@
 #
 #   bash scripts/bench_gpu.sh tests halfcheetah        # pytest -m gpu; DDPG HalfCheetah-v5 vs SB3
 #   bash scripts/bench_gpu.sh td3-seeds                # TD3 HalfCheetah-v5, 5 seeds in one process, vs SB3 and LeanRL
+#   bash scripts/bench_gpu.sh td3-seeds-tf32           # the same, shorter, fp32 against TF32 matmuls
 #   bash scripts/bench_gpu.sh pendulum cartpole profiles halfcheetah-eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,10 @@ for section in "$@"; do
       $PY scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=shm device=cuda \
         trainer.compile=true trainer.overlap=true trainer.total_steps=300000 --eval-every 100000 --sb3-steps 27000 \
         --reference "LeanRL TD3, 1 seed, H100 (published)=936" ;;
+    td3-seeds-tf32)  # the same at 100k steps per seed, without SB3: fp32 matmuls against TF32 (trainer.tf32)
+      $PY scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=shm device=cuda \
+        trainer.compile=true trainer.overlap=true trainer.total_steps=100000 --no-sb3 --seeds 0 \
+        --variant fp32 --variant tf32 trainer.tf32=true ;;
     pendulum)  # DDPG on 4096 GPU pendulums (wall_s: from building the agent to the end of the final evaluation)
       $PY scripts/bench.py +experiment=ddpg_pendulum_gpu device=cuda --sb3-num-envs 1 --sb3-steps 4000 \
         --sb3-learning-starts 1000 --seeds 0 1 2 ;;
@@ -43,6 +48,7 @@ for section in "$@"; do
         --steps 3000 ;
       $PY scripts/profile_run.py +experiment=ddpg_pendulum_gpu device=cuda --steps 4000000 --kernels ;
       $PY scripts/profile_run.py +experiment=a2c_cartpole_gpu device=cuda --steps 8000000 --kernels ;;
-    *) echo "unknown section $section (tests halfcheetah halfcheetah-eager td3-seeds pendulum cartpole profiles)"; exit 2 ;;
+    *) echo "unknown section $section (tests halfcheetah halfcheetah-eager td3-seeds td3-seeds-tf32 pendulum cartpole"\
+         "profiles)"; exit 2 ;;
   esac
 done

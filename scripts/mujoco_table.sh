@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The MuJoCo table's device runs (scripts/mujoco_table.py): each AGENT:ENV argument runs on its own GPU (the i-th on
-# GPU i), all at once, 5 seeds x 1M steps each, every one stopping cleanly after $MINUTES (default 9) minutes; run
-# the same command again (on the same, still warm machine: the runs continue from outputs/table/) until every task
-# says "done". Logs: $OUT/table_<agent>_<env>.log (appended); JSON and PNG in $OUT once a task reaches 1M steps.
+# GPU i; AGENT:ENV@N puts it on GPU N, so that two tasks can share one), all at once, 5 seeds x 1M steps each, every
+# one stopping cleanly after $MINUTES (default 9) minutes; run the same command again (on the same, still warm
+# machine: the runs continue from outputs/table/) until every task says "done". Logs: $OUT/table_<agent>_<env>.log
+# (appended); JSON and PNG in $OUT once a task reaches 1M steps.
 #
 #   bash scripts/mujoco_table.sh td3:halfcheetah td3:hopper          # a 2-GPU machine
+#   bash scripts/mujoco_table.sh td3:walker2d@0 td3:ant@0 ddpg:hopper@1 ddpg:walker2d@1   # two tasks per GPU
 #   MINUTES=0.5 bash scripts/mujoco_table.sh td3:hopper              # a short check
 #   ARGS="device=cpu --seeds 2 --steps 2000" bash scripts/mujoco_table.sh td3:pendulum   # more arguments for each task
 set -uo pipefail
@@ -15,17 +17,21 @@ OUT=${OUT:-docs/results/mujoco}
 mkdir -p "$OUT"
 pids=()
 i=0
-for task in "$@"; do
+tasks=()
+for arg in "$@"; do
+  task=${arg%@*} gpu=$i
+  [[ $arg == *@* ]] && gpu=${arg##*@}
+  tasks+=("$task")
   agent=${task%%:*} env=${task#*:}
-  echo "=== $task on GPU $i ($(date -u '+%Y-%m-%d %H:%M UTC'))" >> "$OUT/table_${agent}_${env}.log"
+  echo "=== $task on GPU $gpu ($(date -u '+%Y-%m-%d %H:%M UTC'))" >> "$OUT/table_${agent}_${env}.log"
   # shellcheck disable=SC2086  # ARGS: several words
-  CUDA_VISIBLE_DEVICES=$i $PY scripts/mujoco_table.py "$agent" "$env" --minutes "${MINUTES:-9}" --out "$OUT" ${ARGS:-} \
+  CUDA_VISIBLE_DEVICES=$gpu $PY scripts/mujoco_table.py "$agent" "$env" --minutes "${MINUTES:-9}" --out "$OUT" ${ARGS:-} \
     >> "$OUT/table_${agent}_${env}.log" 2>&1 &
   pids+=($!)
   i=$((i + 1))
 done
 i=0
-for task in "$@"; do
+for task in "${tasks[@]}"; do
   wait "${pids[$i]}"
   rc=$?
   case $rc in 0) status=done ;; 75) status="stopped at the time limit: run again" ;; *) status="FAILED (exit $rc)" ;; esac

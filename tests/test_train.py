@@ -177,3 +177,22 @@ def test_threads_setting_holds_for_the_run_only():
     assert torch.get_num_threads() == 1  # building a trainer (or an agent) leaves the process's setting alone
     trainer.run()
     assert seen == [2] and torch.get_num_threads() == 1  # the run used its own, then gave the old one back
+
+
+def test_tf32_is_the_runs_setting_and_the_callers_afterwards():
+    from agents.base import build_agent
+    from rl.trainer import Trainer
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    cfg = tiny_config(total_steps=250, tf32=not before)
+    trainer = Trainer(cfg, build_agent(cfg), run_dir=None)
+    seen, collect = [], trainer.collector.collect
+
+    def collect_and_look(*args, **kwargs):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return collect(*args, **kwargs)
+
+    trainer.collector.collect = collect_and_look
+    trainer.run()
+    trainer.close()
+    assert set(seen) == {not before} and torch.backends.cuda.matmul.allow_tf32 == before

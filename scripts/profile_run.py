@@ -108,7 +108,9 @@ def main() -> None:
             print(f"     {e.self_device_time_total / iters:7.1f}  x{e.count / iters:5.1f}  {e.key[:90]}")
         if os.environ.get("OUT"):
             sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-            Path(os.environ["OUT"], f"profile_{name}.txt").write_text(events.table(sort_by=sort, row_limit=80))
+            Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
+            Path(os.environ["OUT"], f"profile_{name}.txt").write_text(events.table(sort_by=sort, row_limit=120,
+                                                                                max_name_column_width=400))
     trainer.close()
 
 

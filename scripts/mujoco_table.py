@@ -132,13 +132,16 @@ def record(agent: str, env: str, cfg: Config, run_dir: Path, segments: list[dict
     training = [np.mean([d[t] for t in sorted(d)[-10:]]) for d in read_scalars(run_dir, cfg.seeds,
                                                                                "charts/episodic_return")]
     seconds = sum(s["seconds"] for s in segments)
-    return {"training_return_last10": {"mean": float(np.mean(training)), "std": float(np.std(training)),
-                                       "per_seed": [float(x) for x in training]},"agent": agent, "env": env, "env_id": cfg.env.id, "seeds": cfg.seeds, "steps_per_seed": int(steps[-1]),
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    return {"agent": agent, "env": env, "env_id": cfg.env.id, "seeds": cfg.seeds, "steps_per_seed": int(steps[-1]),
             "eval_every": cfg.trainer.eval_every, "eval_episodes": cfg.trainer.eval_episodes,
+            "evaluation": ("a background process, actions on the CPU" if cfg.trainer.eval_background
+                           else f"in the training loop, actions on {cfg.device}"),
             "eval_steps": steps, "eval_return_mean": curves.tolist(), **summary(curves),
+            "training_return_last10": {"mean": float(np.mean(training)), "std": float(np.std(training)),
+                                       "per_seed": [float(x) for x in training]},
             "paper": PAPER.get(agent, {}).get(env), "cleanrl": CLEANRL.get(agent, {}).get(env),
-            "wall_s": seconds, "segments": segments, "device": torch.cuda.get_device_name() if torch.cuda.is_available()
-            else platform.processor() or platform.machine(), "torch": torch.__version__,
+            "wall_s": seconds, "segments": segments, "device": device, "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 

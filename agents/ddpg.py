@@ -112,7 +112,8 @@ class DDPG(Agent):
         self.to(self.device)
         self.generators = seeding.generators(seeds, "noise", self.device)  # exploration and target-policy noise
         # Adam is elementwise: one step over the stacked [K, ...] tensors is K independent Adam steps
-        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, self.device)
+        self.actor_params = list(self.actor.parameters())
+        self.actor_opt = adam(self.actor_params, cfg.actor_lr, self.device)
         self.critic_opt = adam(self.critics.parameters(), cfg.critic_lr, self.device)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -156,14 +157,14 @@ class DDPG(Agent):
                               cfg.gamma)
         qs = self.q_values(self.critics, obs, action)
         loss_q = critic_loss(qs, y)  # [K]: seed k's loss depends on seed k's parameters only
-        self.critic_opt.zero_grad(set_to_none=False)  # in place: a replayed graph keeps its gradient buffers
+        self.critic_opt.zero_grad()  # None: the backward writes each gradient (no zero fill, no accumulation)
         loss_q.sum().backward()
         self.critic_opt.step()
         metrics = {"critic": loss_q.detach(), "q_mean": qs[:, 0].detach().mean(-1)}
         if phase:
             loss_mu = actor_loss(self.q_values(self.critics, obs, self.actor(obs))[:, 0])
-            self.actor_opt.zero_grad(set_to_none=False)
-            loss_mu.sum().backward()
+            self.actor_opt.zero_grad()
+            loss_mu.sum().backward(inputs=self.actor_params)  # through the critics, without their weight gradients
             self.actor_opt.step()
             polyak_update(self.actor_target.parameters(), self.actor.parameters(), cfg.tau)
             polyak_update(self.critic_targets.parameters(), self.critics.parameters(), cfg.tau)

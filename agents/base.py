@@ -77,9 +77,7 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
         if self._graphed_sampled_update is None:
             from rl.graphs import Graphed
 
-            self._graphed_sampled_update = Graphed(
-                lambda key, _: self.update_step(storage._sample(key[1]), key[0]),
-                generators=tuple(self.generators) + tuple(storage.generators))
+            self._graphed_sampled_update = Graphed(lambda key, _: self.update_step(storage._sample(key[1]), key[0]))
         metrics = self._graphed_sampled_update((self.phase(), batch_size), {})
         self.num_updates += 1
         return metrics
@@ -99,9 +97,9 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
             return False
         from rl.graphs import Graphed
 
-        gens = tuple(self.generators)  # for random draws outside the agent's banks, if a subclass makes any
-        self._graphed_update = Graphed(lambda phase, batch: self.update_step(batch, phase), generators=gens)
-        self._graphed_act = Graphed(lambda explore, x: self.act(x["obs"], explore), generators=gens)
+        # random numbers: the default CUDA generator's, or self.generators' through self.banks (drawn outside the graph)
+        self._graphed_update = Graphed(lambda phase, batch: self.update_step(batch, phase))
+        self._graphed_act = Graphed(lambda explore, x: self.act(x["obs"], explore))
         return True
 
     def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:

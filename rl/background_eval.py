@@ -19,6 +19,7 @@ parameters, same episodes): a crash loses no evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.util
 import os
@@ -36,10 +37,8 @@ def _serve(cfg: Any, conn: Any) -> None:
     """The evaluator process: the agent built on the CPU, then evaluate each parameter copy it is sent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and a stop go to the trainer, which closes us when done
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:  # the training loop (and its env workers) come first; evaluation takes the cores they leave idle
-        os.nice(10)
-    except (AttributeError, OSError):
-        pass
+    with contextlib.suppress(AttributeError, OSError):  # no os.nice (Windows), or not allowed: normal priority
+        os.nice(10)  # the training loop (and its env workers) come first; evaluation takes the cores they leave idle
     torch.set_num_threads(1)
     if "fork" in mp.get_all_start_methods():  # env workers as the trainer starts them (a spawned process would
         mp.set_start_method("fork", force=True)  # otherwise spawn them, and their env makers are closures)
@@ -63,14 +62,34 @@ def _serve(cfg: Any, conn: Any) -> None:
             except Exception:  # noqa: BLE001 — reported to the trainer, which raises it there
                 conn.send(("error", step, traceback.format_exc()))
     except Exception:  # noqa: BLE001 — building the agent or its envs failed: say so at the first evaluation
-        try:
+        with contextlib.suppress(EOFError, OSError):  # unless the trainer is already gone
             kind, step, _ = conn.recv()
             conn.send(("error", step, traceback.format_exc()))
-        except (EOFError, OSError):
-            pass
     finally:
         if evaluate is not None:
             getattr(evaluate, "close", lambda: None)()
+
+
+class InlineEvaluator:
+    """The same interface for an evaluator run in the training process (``trainer.eval_background=false``):
+    ``submit`` evaluates at once and returns the result; nothing is ever in flight."""
+
+    pending = None
+
+    def __init__(self, evaluate: Any) -> None:
+        self.evaluate = evaluate
+
+    def submit(self, step: int, agent: Any) -> list[Result]:
+        return [(step, self.evaluate(agent))]
+
+    def poll(self) -> list[Result]:
+        return []
+
+    def wait(self) -> list[Result]:
+        return []
+
+    def close(self) -> None:
+        getattr(self.evaluate, "close", lambda: None)()  # its envs (worker processes, when async or shm)
 
 
 class BackgroundEvaluator:
@@ -139,10 +158,8 @@ class BackgroundEvaluator:
 
     @staticmethod
     def _end(conn: Any, process: Any) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):  # the process or the pipe already gone
             conn.send(("close", 0, None))
-        except (OSError, ValueError):  # already gone
-            pass
         process.join(timeout=10)
         if process.is_alive():
             process.terminate()

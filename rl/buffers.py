@@ -137,8 +137,7 @@ class ReplayBuffer:
             return False
         from rl.graphs import Graphed
 
-        self._graphed_sample = self._graphed_sample or Graphed(lambda batch_size, _: self._sample(batch_size),
-                                                               generators=tuple(self.generators))
+        self._graphed_sample = self._graphed_sample or Graphed(lambda batch_size, _: self._sample(batch_size))
         if self._graphed_add is None:
             self.pos_on_device.fill_(self.pos)
             self._graphed_add = Graphed(lambda n, step: self._write(n, step))

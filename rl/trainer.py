@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rl import checkpoint, distributed
-from rl.background_eval import BackgroundEvaluator
+from rl.background_eval import BackgroundEvaluator, InlineEvaluator
 from rl.buffers import ReplayBuffer
 from rl.collector import TorchEnvCollector, VectorEnvCollector, evaluate_policy
 from rl.config import Config, ConfigError, flat, to_yaml
@@ -96,7 +96,8 @@ class Trainer:
             else:
                 print(f"trainer.compile: CUDA graphs need device=cuda and a graphable update; {type(agent).__name__} "
                       f"on {agent.device} runs eagerly", file=sys.stderr)
-        self.evaluator = evaluator or self._make_evaluator()
+        self.evaluator = (self._make_evaluator() if evaluator is None else evaluator
+                          if isinstance(evaluator, (InlineEvaluator, BackgroundEvaluator)) else InlineEvaluator(evaluator))
         self.video_env = self._video_env() if cfg.trainer.video else None
         on = cfg.logger.tensorboard and self.run_dir is not None and self.group.main
         self.loggers = [Logger(d, enabled=on) for d in self.seed_dirs()]  # one TensorBoard run per seed
@@ -155,7 +156,7 @@ class Trainer:
                     sps = (self.step - s_log) / max(now - t_log, 1e-9)
                     t_log, s_log = now, self.step
                     self._log_scalars({"charts/SPS": sps}, bar)
-                    self._collect_evals(wait=False)
+                    self._log_evals(self.evaluator.poll())  # background evaluations that are back
                 if crossed(before, self.step, tc.eval_every) and self.step < total:
                     self._periodic_evaluation()
                 if self.video_env is not None and crossed(before, self.step, tc.video_every) and self.step < total:
@@ -208,9 +209,9 @@ class Trainer:
         for batch in self.storage.batches(k, tc.batch_size):
             self.metrics.add(self.agent.update(batch))
 
-    def _make_evaluator(self) -> Evaluator:
+    def _make_evaluator(self) -> InlineEvaluator | BackgroundEvaluator:
         if not self.cfg.trainer.eval_background:
-            return self.agent.make_evaluator(self.cfg)
+            return InlineEvaluator(self.agent.make_evaluator(self.cfg))
         from agents.base import check_eval_background  # (agents import this module)
 
         check_eval_background(type(self.agent), self.cfg)
@@ -220,11 +221,14 @@ class Trainer:
         """Evaluate the agent as it is now and log it under eval/ (waiting for the result, also when
         ``trainer.eval_background`` sends it to the evaluator's process)."""
         self.check_finite()
-        if isinstance(self.evaluator, BackgroundEvaluator):
-            self._log_evals(self.evaluator.submit(self.step, self.agent) + self.evaluator.wait())
-        else:
-            self._log_evals([(self.step, self.evaluator(self.agent))])
+        self._log_evals(self.evaluator.submit(self.step, self.agent) + self.evaluator.wait())
         return self.last_eval
+
+    def _periodic_evaluation(self) -> None:
+        """The evaluation every ``eval_every`` steps: run here, or with ``trainer.eval_background`` handed to the
+        evaluator's process (logged when it is back)."""
+        self.check_finite()
+        self._log_evals(self.evaluator.submit(self.step, self.agent))
 
     def _log_evals(self, results: list[tuple[int, dict[str, Any]]]) -> None:
         for step, result in results:
@@ -233,30 +237,14 @@ class Trainer:
             for k, logger in enumerate(self.loggers):
                 logger.scalars(seed_values(tagged, k), step)
 
-    def _periodic_evaluation(self) -> None:
-        """The evaluation every ``eval_every`` steps: handed to the evaluator's process with
-        ``trainer.eval_background`` (logged when it is back), else run here."""
-        if isinstance(self.evaluator, BackgroundEvaluator):
-            self.check_finite()
-            self._log_evals(self.evaluator.submit(self.step, self.agent))
-        else:
-            self.evaluate()
-
     def _eval_in_flight(self) -> int | None:
         """For a checkpoint: log the background evaluations that are done (waiting for one of an earlier step, whose
         parameters the checkpoint no longer has); the step of one still running for this very step, which a run
         resumed from the checkpoint evaluates again (same parameters, same episodes)."""
-        if not isinstance(self.evaluator, BackgroundEvaluator):
-            return None
         self._log_evals(self.evaluator.poll())
         if self.evaluator.pending is not None and self.evaluator.pending != self.step:
             self._log_evals(self.evaluator.wait())
         return self.evaluator.pending
-
-    def _collect_evals(self, wait: bool) -> None:
-        """Log what the background evaluator has finished (``wait``: and the evaluation still in flight)."""
-        if isinstance(self.evaluator, BackgroundEvaluator):
-            self._log_evals(self.evaluator.wait() if wait else self.evaluator.poll())
 
     def _video_env(self) -> Any:
         from rl.video import make_render_env
@@ -425,13 +413,13 @@ class Trainer:
 
     def close(self) -> None:
         try:
-            self._collect_evals(wait=True)
+            self._log_evals(self.evaluator.wait())  # a background evaluation still running
         except RuntimeError as e:  # the evaluator failed: closing still ends every process
             print(f"closing: {e}", file=sys.stderr)
         self.collector.close()
         if self.video_env is not None:
             self.video_env.close()
-        getattr(self.evaluator, "close", lambda: None)()  # its envs (worker processes, when async or shm)
+        self.evaluator.close()
         for logger in self.loggers:
             logger.close()
 

@@ -79,18 +79,18 @@ def ours(cfg: Config, name: str = "ours") -> dict:
     t1 = time.perf_counter()
     start = trainer.step
     evals: list[dict] = []
-    evaluate = trainer.evaluate
+    evaluate = trainer.evaluator.evaluate  # in the training process (bench.py sets trainer.eval_background=false)
 
-    def timed_evaluate() -> dict:  # the trainer's evaluations, timed and left out of the figure
+    def timed_evaluate(agent) -> dict:  # the trainer's evaluations, timed and left out of the figure
         t = time.perf_counter()
-        result = evaluate()
+        result = evaluate(agent)
         evals.append({"step": trainer.step, "seconds": time.perf_counter() - t, "return_mean": result["return_mean"]})
         busy = time.perf_counter() - t1 - sum(e["seconds"] for e in evals)
         print(f"  {name}: step {trainer.step:,}: {k * (trainer.step - start) / busy:,.0f} SPS so far, eval return "
               f"{fmt_return(result['return_mean'])} ({evals[-1]['seconds']:.1f} s)", flush=True)
         return result
 
-    trainer.evaluate = timed_evaluate
+    trainer.evaluator.evaluate = timed_evaluate
     result = trainer.run(tc.total_steps)
     timed_wall = time.perf_counter() - t1
     trainer.close()
@@ -182,7 +182,8 @@ def main() -> None:
     args = p.parse_args()
     variants = args.variant or [["ours"]]
     # no evaluation inside the timed loop (SB3's learn() evaluates nothing either): one evaluation at the end
-    fixed = ["trainer.progress=false", "logger.tensorboard=false", f"trainer.eval_every={args.eval_every}"]
+    fixed = ["trainer.progress=false", "logger.tensorboard=false", f"trainer.eval_every={args.eval_every}",
+             "trainer.eval_background=false"]  # evaluations timed in the loop, then left out of the figure
     references = [(label.strip(), float(sps)) for label, sps in (r.rsplit("=", 1) for r in args.reference)]
     base = compose(args.overrides + fixed)
     device = resolve_device(base.device)

@@ -176,10 +176,11 @@ def _make_one(cfg: EnvConfig, index: int) -> gym.Env:
 
 
 def _make_in_worker(cfg: EnvConfig, index: int) -> gym.Env:
-    """For async workers: leave Ctrl-C to the main process, which checkpoints and closes the workers."""
-    import signal
+    """For async workers: leave Ctrl-C to the main process, which checkpoints and closes the workers; SIGTERM
+    (``terminate()``) ends a worker at once, whatever handler it inherited from the training process."""
+    from envs.shm_vector import worker_signals
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_signals()
     return _make_one(cfg, index)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,8 +33,17 @@ def _arrays(buffers: dict[str, Any], shapes: dict[str, tuple[tuple[int, ...], An
     return {k: np.frombuffer(buffers[k], dtype=dtype).reshape(shape) for k, (shape, dtype) in shapes.items()}
 
 
+def worker_signals() -> None:
+    """A worker forked from a training process inherits its signal handlers, which only note a signal and wait
+    for the training loop to act on it: such a worker would outlive ``terminate()`` and hang the exit that joins it.
+    Ctrl-C goes to the main process, which closes its workers; SIGTERM ends a worker at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _worker(index: int, env_fn: Callable[[], gym.Env], buffers: dict[str, Any], shapes: dict, go: Any, done: Any,
             pipe: Any, command: Any, failed: Any) -> None:
+    worker_signals()
     a = _arrays(buffers, shapes)
     env, parent = None, os.getppid()
     while True:

@@ -78,6 +78,9 @@ class InlineEvaluator:
 
     def __init__(self, evaluate: Any) -> None:
         self.evaluate = evaluate
+        # kept apart from ``evaluate``, which a caller may wrap (scripts/bench.py times it): the wrapper must not
+        # leave the envs' worker processes open
+        self._close = getattr(evaluate, "close", lambda: None)
 
     def submit(self, step: int, agent: Any) -> list[Result]:
         return [(step, self.evaluate(agent))]
@@ -89,7 +92,7 @@ class InlineEvaluator:
         return []
 
     def close(self) -> None:
-        getattr(self.evaluate, "close", lambda: None)()  # its envs (worker processes, when async or shm)
+        self._close()  # the evaluator's envs (worker processes, when async or shm)
 
 
 class BackgroundEvaluator:
@@ -153,7 +156,7 @@ class BackgroundEvaluator:
         """End the process: at once if an evaluation is still in flight (its result is dropped: the trainer collects
         it first, unless it is closing on an error)."""
         if self.pending is not None:
-            self.process.terminate()
+            self.process.kill()  # it ignores SIGTERM (a stop sent to the whole process group is the trainer's)
         self._finalizer()
 
     @staticmethod
@@ -162,6 +165,6 @@ class BackgroundEvaluator:
             conn.send(("close", 0, None))
         process.join(timeout=10)
         if process.is_alive():
-            process.terminate()
+            process.kill()
             process.join(timeout=2)
         conn.close()

@@ -126,3 +126,42 @@ def test_the_evaluator_exits_when_the_trainer_is_killed():
     while time.time() < deadline and running(pid):
         time.sleep(0.2)
     assert not running(pid)
+
+
+def test_a_wrapped_in_line_evaluator_still_closes_its_env_workers():
+    """scripts/bench.py wraps ``trainer.evaluator.evaluate`` to time it; closing the trainer must still end the
+    evaluation envs' worker processes (it did not: a wrapped function has no ``close``)."""
+    import multiprocessing as mp
+
+    cfg = config(False)
+    cfg.env.vectorization = "shm"
+    trainer = Trainer(cfg, build_agent(cfg), run_dir=None)
+    inner = trainer.evaluator.evaluate
+    trainer.evaluator.evaluate = lambda agent: inner(agent)
+    trainer.evaluate()
+    assert len(mp.active_children()) >= 2 + 4  # the training envs' 2 workers and the evaluation envs' 2 × 2
+    trainer.close()
+    assert mp.active_children() == []
+
+
+def test_closing_with_an_evaluation_in_flight_ends_the_evaluator_at_once():
+    """The evaluator ignores SIGTERM (a stop sent to the whole process group is the trainer's to handle), so
+    ``close()`` with an evaluation still running kills it rather than asking it to terminate."""
+    import time
+
+    cfg = config(True, eval_episodes=1000)  # an evaluation of minutes
+    trainer = Trainer(cfg, build_agent(cfg), run_dir=None)
+    deadline = time.time() + 30
+    while not ignores_sigterm(trainer.evaluator.process.pid) and time.time() < deadline:  # started serving
+        time.sleep(0.05)
+    trainer.evaluator.submit(0, trainer.agent)
+    t = time.perf_counter()
+    trainer.evaluator.close()
+    assert not trainer.evaluator.process.is_alive()
+    assert time.perf_counter() - t < 5
+
+
+def ignores_sigterm(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    return bool(mask >> (15 - 1) & 1)

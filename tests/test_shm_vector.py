@@ -164,3 +164,25 @@ def running(pid: int) -> bool:
             return "zombie" not in f.read().lower()
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("vectorization", ["shm", "async"])
+def test_workers_end_on_terminate_whatever_handler_they_inherit(vectorization):
+    """Workers forked while the trainer's signal handlers are installed (they only note a signal) used to inherit
+    them, ignore ``terminate()`` and hang the interpreter's exit, which joins them (seen on the GPU: a benchmark
+    that left its evaluation envs open never exited). Now a worker ends on SIGTERM: an open vector env no longer
+    keeps its process from exiting."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = ("import signal, sys\nsys.path.insert(0, %r)\nfrom rl.config import EnvConfig\nfrom envs.make import make_vec_env\n"
+              "signal.signal(signal.SIGTERM, lambda *a: None)\nsignal.signal(signal.SIGINT, lambda *a: None)\n"
+              "envs = make_vec_env(EnvConfig(id='Pendulum-v1'), num_envs=2, vectorization=%r)\n"
+              "envs.reset(seed=0)\nfor p in getattr(envs, 'processes', []):\n    p.terminate(); p.join(5); "
+              "assert p.exitcode == -signal.SIGTERM, p.exitcode\nprint('exiting', flush=True)\n"
+              % (str(ROOT), vectorization))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exiting" in proc.stdout

@@ -41,6 +41,7 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
     off_policy: ClassVar[bool] = False  # learns from replayed data (so trainer.overlap may reorder its updates)
     extra_spec: ClassVar[dict] = {}  # extra per-transition tensors returned by act() and stored
     batches_seeds: ClassVar[bool] = False  # trains trainer.num_seeds seeds as one batch (its __init__ takes seeds=)
+    fusable: ClassVar[bool] = False  # has fuse_losses() (trainer.fuse: its loss functions compiled by TorchInductor)
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: AgentConfig,
                  device: str | torch.device = "cpu") -> None:
@@ -87,6 +88,10 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
         if self._graphed_act:
             return self._graphed_act(True, {"obs": obs})
         return self.act(obs, explore=True)
+
+    def fuse_losses(self) -> None:
+        """``trainer.fuse``: compile the loss functions the update calls (agents with ``fusable``)."""
+        raise ConfigError(f"trainer.fuse=true: {type(self).__name__} has no compiled losses")
 
     def use_cuda_graphs(self) -> bool:
         """Replay :meth:`update_step` (one graph per phase) and exploring :meth:`act` from CUDA graphs.
@@ -175,6 +180,13 @@ def check_seeds(agent_cls: type[Agent], cfg: Config) -> None:
           "resets its own gymnasium envs; a batched torch env draws every env's resets from one generator)")
 
 
+def check_fuse(agent_cls: type[Agent], cfg: Config) -> None:
+    """``trainer.fuse`` compiles an agent's loss functions: only agents that define them separately have it."""
+    fusable = ", ".join(sorted(n for n, (c, _) in AGENTS.items() if c.fusable))
+    check(not cfg.trainer.fuse or agent_cls.fusable, f"trainer.fuse=true: agent={cfg.agent.name} has no compiled "
+          f"losses (agents that have them: {fusable}); leave it false")
+
+
 def check_eval_background(agent_cls: type[Agent], cfg: Config) -> None:
     """``trainer.eval_background`` needs the env evaluation every env agent has (rl/background_eval.py)."""
     check(not cfg.trainer.eval_background or agent_cls.make_evaluator is Agent.make_evaluator,
@@ -198,6 +210,7 @@ def build_agent(cfg: Config) -> Agent:
         raise ConfigError(f"unknown agent {name!r}; known: {', '.join(sorted(AGENTS))}")
     check_seeds(AGENTS[name][0], cfg)
     check_eval_background(AGENTS[name][0], cfg)
+    check_fuse(AGENTS[name][0], cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     obs_space, action_space = probe_spaces(cfg.env)

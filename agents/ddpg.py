@@ -89,6 +89,7 @@ class DDPG(Agent):
     random_warmup = True
     off_policy = True
     batches_seeds = True
+    fusable = True
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: DDPGConfig,
                  device: str | torch.device = "cpu", seeds: Sequence[int] = (0,)) -> None:
@@ -115,6 +116,16 @@ class DDPG(Agent):
         self.actor_params = list(self.actor.parameters())
         self.actor_opt = adam(self.actor_params, cfg.actor_lr, self.device)
         self.critic_opt = adam(self.critics.parameters(), cfg.critic_lr, self.device)
+        self._critic_losses, self._actor_losses = self.critic_losses, self.actor_losses  # fuse_losses() compiles them
+
+    def fuse_losses(self) -> None:
+        """``trainer.fuse``: compile the two loss computations with TorchInductor (each forward, and through
+        AOTAutograd its backward, becomes a few fused kernels around the matmuls). The same math; float rounding may
+        differ from the eager kernels'. Adam and Polyak averaging stay as they are (fused / foreach kernels)."""
+        if self._critic_losses != self.critic_losses:  # compiled already (a notebook's second learn(fuse=True))
+            return
+        self._critic_losses = torch.compile(self.critic_losses, fullgraph=True, dynamic=False)
+        self._actor_losses = torch.compile(self.actor_losses_through_fixed_critics, fullgraph=True, dynamic=False)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_opt, "critic": self.critic_opt}
@@ -127,11 +138,13 @@ class DDPG(Agent):
         """Seed-major rows [K·B, ...] → [K, B, ...]."""
         return x.view(self.num_seeds, -1, *x.shape[1:])
 
-    def q_values(self, critics: nn.Module, obs: Tensor, action: Tensor) -> Tensor:
-        """``q_c(s, a)`` of every critic c of every seed k: [K, C, B] for obs [K, B, d] and action [K, B, a]."""
+    def q_values(self, critics: nn.Module, obs: Tensor, action: Tensor, weights: dict | None = None) -> Tensor:
+        """``q_c(s, a)`` of every critic c of every seed k: [K, C, B] for obs [K, B, d] and action [K, B, a]
+        (``weights``: other tensors in place of ``critics.net``'s parameters)."""
         x = torch.cat([obs, action], dim=-1).unsqueeze(1)  # [K, 1, B, d + a] → [K·C, B, d + a]
         x = x.expand(-1, self.num_critics, -1, -1).reshape(-1, *x.shape[2:])
-        return critics.net(x).view(self.num_seeds, self.num_critics, -1)
+        q = critics.net(x) if weights is None else torch.func.functional_call(critics.net, weights, (x,))
+        return q.view(self.num_seeds, self.num_critics, -1)
 
     def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
         action = self.actor(self.per_seed(obs))
@@ -141,28 +154,45 @@ class DDPG(Agent):
             action = torch.clamp(action + noise, self.low, self.high)
         return action.flatten(0, 1), {}
 
+    def critic_losses(self, obs: Tensor, action: Tensor, next_obs: Tensor, reward: Tensor, terminated: Tensor,
+                      draws: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(per-seed critic losses [K], the critics' q-values [K, C, B]) for seed-major [K, B, ...] batches;
+        ``draws``: standard normal target-policy noise [K, B, a] (TD3), or None."""
+        cfg = self.cfg
+        with torch.no_grad():
+            next_action = self.actor_target(next_obs)
+            if draws is not None:
+                half = self.actor.half_range
+                next_action = smoothed_target_action(next_action, draws * cfg.target_policy_noise * half,
+                                                     cfg.target_noise_clip * half, self.low, self.high)
+            y = critic_target(reward, self.q_values(self.critic_targets, next_obs, next_action), terminated,
+                              cfg.gamma)
+        qs = self.q_values(self.critics, obs, action)
+        return critic_loss(qs, y), qs  # [K]: seed k's loss depends on seed k's parameters only
+
+    def actor_losses(self, obs: Tensor) -> Tensor:
+        """Per-seed actor losses [K] (the first critic's q of the actor's actions)."""
+        return actor_loss(self.q_values(self.critics, obs, self.actor(obs))[:, 0])
+
+    def actor_losses_through_fixed_critics(self, obs: Tensor) -> Tensor:
+        """:meth:`actor_losses` with the critics' weights as constants, so that a compiled backward (which cannot
+        be told ``backward(inputs=...)``) computes no critic weight gradients."""
+        fixed = {name: p.detach() for name, p in self.critics.net.named_parameters()}
+        return actor_loss(self.q_values(self.critics, obs, self.actor(obs), fixed)[:, 0])
+
     def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
         cfg = self.cfg
         obs, action, next_obs, reward, terminated = (self.per_seed(batch[k]) for k in
                                                      ("obs", "action", "next_obs", "reward", "terminated"))
-        with torch.no_grad():
-            next_action = self.actor_target(next_obs)
-            if cfg.target_policy_noise > 0:
-                half = self.actor.half_range
-                noise = seeding.bank(self.banks, "target", self.generators, next_action.shape[1:], normal=True).take() \
-                    * cfg.target_policy_noise * half
-                next_action = smoothed_target_action(next_action, noise, cfg.target_noise_clip * half,
-                                                     self.low, self.high)
-            y = critic_target(reward, self.q_values(self.critic_targets, next_obs, next_action), terminated,
-                              cfg.gamma)
-        qs = self.q_values(self.critics, obs, action)
-        loss_q = critic_loss(qs, y)  # [K]: seed k's loss depends on seed k's parameters only
+        draws = seeding.bank(self.banks, "target", self.generators, action.shape[1:], normal=True).take() \
+            if cfg.target_policy_noise > 0 else None
+        loss_q, qs = self._critic_losses(obs, action, next_obs, reward, terminated, draws)
         self.critic_opt.zero_grad()  # None: the backward writes each gradient (no zero fill, no accumulation)
         loss_q.sum().backward()
         self.critic_opt.step()
         metrics = {"critic": loss_q.detach(), "q_mean": qs[:, 0].detach().mean(-1)}
         if phase:
-            loss_mu = actor_loss(self.q_values(self.critics, obs, self.actor(obs))[:, 0])
+            loss_mu = self._actor_losses(obs)
             self.actor_opt.zero_grad()
             loss_mu.sum().backward(inputs=self.actor_params)  # through the critics, without their weight gradients
             self.actor_opt.step()

@@ -89,6 +89,8 @@ class TrainerConfig:
     compile: bool = False  # CUDA graphs: each update and each exploring action is one graph replay (device=cuda)
     overlap: bool = False  # off-policy agents: update on the GPU while the host steps the envs (each update then
     #                        samples the replay buffer as it was before the newest transition)
+    fuse: bool = False  # DDPG/TD3: the losses (forward and backward) compiled by TorchInductor into fewer, fused
+    #                     kernels; the same math, other float rounding; a compile of a minute or so at the start
     tf32: bool = False  # CUDA float32 matmuls through TF32 tensor cores (inputs rounded to 10 mantissa bits): faster,
     #                     other numbers; for this run only
     threads: int = 1  # torch CPU threads (0: torch's default); 1 is fastest for small MLPs on a CPU

@@ -44,7 +44,7 @@ from rl.trainer import Diverged, Trainer, with_trainer
 # What a resumed run may change: how long it runs, where, and how often it logs, evaluates and checkpoints. All else
 # (agent, env, buffer, seed, learning settings) defines the run; a resume that changes it is refused, naming the keys.
 RESUME_MAY_CHANGE = ("trainer.total_steps", "device", "trainer.progress", "trainer.threads", "trainer.compile",
-                     "trainer.tf32", "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes",
+                     "trainer.fuse", "trainer.tf32", "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes",
                      "trainer.eval_background", "trainer.checkpoint_every", "trainer.keep_checkpoints",
                      "logger.tensorboard", "logger.hparams")
 

@@ -89,6 +89,8 @@ class Trainer:
                               "learns from its current policy's steps")
         self.collector = collector or agent.make_collector(cfg)
         self.storage = agent.make_storage(cfg)
+        if cfg.trainer.fuse:
+            agent.fuse_losses()
         if cfg.trainer.compile:
             if agent.use_cuda_graphs():
                 for part in (self.storage, self.collector):

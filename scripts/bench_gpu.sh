@@ -5,6 +5,7 @@
 #   bash scripts/bench_gpu.sh tests halfcheetah        # pytest -m gpu; DDPG HalfCheetah-v5 vs SB3
 #   bash scripts/bench_gpu.sh td3-seeds                # TD3 HalfCheetah-v5, 5 seeds in one process, vs SB3 and LeanRL
 #   bash scripts/bench_gpu.sh td3-seeds-tf32           # the same, shorter, fp32 against TF32 matmuls
+#   bash scripts/bench_gpu.sh td3-seeds-fused          # the same, shorter, eager against inductor-compiled losses
 #   bash scripts/bench_gpu.sh pendulum cartpole profiles halfcheetah-eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,10 @@ for section in "$@"; do
       $PY scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=shm device=cuda \
         trainer.compile=true trainer.overlap=true trainer.total_steps=100000 --no-sb3 --seeds 0 \
         --variant fp32 --variant tf32 trainer.tf32=true ;;
+    td3-seeds-fused)  # the same at 100k steps per seed, without SB3: eager losses against inductor-compiled ones (trainer.fuse)
+      $PY scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=shm device=cuda \
+        trainer.compile=true trainer.overlap=true trainer.total_steps=100000 --no-sb3 --seeds 0 \
+        --variant eager-losses --variant fused trainer.fuse=true ;;
     pendulum)  # DDPG on 4096 GPU pendulums (wall_s: from building the agent to the end of the final evaluation)
       $PY scripts/bench.py +experiment=ddpg_pendulum_gpu device=cuda --sb3-num-envs 1 --sb3-steps 4000 \
         --sb3-learning-starts 1000 --seeds 0 1 2 ;;

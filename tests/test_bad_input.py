@@ -139,6 +139,8 @@ CASES: dict[str, Case] = {
     "several seeds of an agent that lacks them": Case(
         "trainer.num_seeds=2: agent=a2c trains one seed per process (trainer.num_seeds batches the seeds of ddpg, td3)",
         ("agent=a2c", "env=cartpole", "trainer.num_seeds=2")),
+    "fuse with an agent without compiled losses": Case("trainer.fuse=true: agent=a2c has no compiled losses",
+                                                       ("agent=a2c", "env=cartpole", "trainer.fuse=true")),
     "several seeds on a batched torch env": Case("trainer.num_seeds=3 needs env.backend=gymnasium",
                                                  ("env=pendulum_gpu", "trainer.num_seeds=3")),
     # -- spaces ----------------------------------------------------------------------------------------

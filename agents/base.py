@@ -41,7 +41,6 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
     off_policy: ClassVar[bool] = False  # learns from replayed data (so trainer.overlap may reorder its updates)
     extra_spec: ClassVar[dict] = {}  # extra per-transition tensors returned by act() and stored
     batches_seeds: ClassVar[bool] = False  # trains trainer.num_seeds seeds as one batch (its __init__ takes seeds=)
-    fusable: ClassVar[bool] = False  # has fuse_losses() (trainer.fuse: its loss functions compiled by TorchInductor)
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: AgentConfig,
                  device: str | torch.device = "cpu") -> None:
@@ -90,8 +89,8 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
         return self.act(obs, explore=True)
 
     def fuse_losses(self) -> None:
-        """``trainer.fuse``: compile the loss functions the update calls (agents with ``fusable``)."""
-        raise ConfigError(f"trainer.fuse=true: {type(self).__name__} has no compiled losses")
+        """``trainer.fuse``: compile the loss functions the update calls (agents that define it; see check_fuse)."""
+        raise NotImplementedError
 
     def use_cuda_graphs(self) -> bool:
         """Replay :meth:`update_step` (one graph per phase) and exploring :meth:`act` from CUDA graphs.
@@ -182,9 +181,12 @@ def check_seeds(agent_cls: type[Agent], cfg: Config) -> None:
 
 def check_fuse(agent_cls: type[Agent], cfg: Config) -> None:
     """``trainer.fuse`` compiles an agent's loss functions: only agents that define them separately have it."""
-    fusable = ", ".join(sorted(n for n, (c, _) in AGENTS.items() if c.fusable))
-    check(not cfg.trainer.fuse or agent_cls.fusable, f"trainer.fuse=true: agent={cfg.agent.name} has no compiled "
-          f"losses (agents that have them: {fusable}); leave it false")
+    def fusable(cls: type[Agent]) -> bool:
+        return cls.fuse_losses is not Agent.fuse_losses
+
+    names = ", ".join(sorted(n for n, (c, _) in AGENTS.items() if fusable(c)))
+    check(not cfg.trainer.fuse or fusable(agent_cls), f"trainer.fuse=true: agent={cfg.agent.name} has no compiled "
+          f"losses (agents that have them: {names}); leave it false")
 
 
 def check_eval_background(agent_cls: type[Agent], cfg: Config) -> None:
@@ -209,8 +211,6 @@ def build_agent(cfg: Config) -> Agent:
     if name not in AGENTS:
         raise ConfigError(f"unknown agent {name!r}; known: {', '.join(sorted(AGENTS))}")
     check_seeds(AGENTS[name][0], cfg)
-    check_eval_background(AGENTS[name][0], cfg)
-    check_fuse(AGENTS[name][0], cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     obs_space, action_space = probe_spaces(cfg.env)

@@ -89,7 +89,6 @@ class DDPG(Agent):
     random_warmup = True
     off_policy = True
     batches_seeds = True
-    fusable = True
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, cfg: DDPGConfig,
                  device: str | torch.device = "cpu", seeds: Sequence[int] = (0,)) -> None:
@@ -113,8 +112,7 @@ class DDPG(Agent):
         self.to(self.device)
         self.generators = seeding.generators(seeds, "noise", self.device)  # exploration and target-policy noise
         # Adam is elementwise: one step over the stacked [K, ...] tensors is K independent Adam steps
-        self.actor_params = list(self.actor.parameters())
-        self.actor_opt = adam(self.actor_params, cfg.actor_lr, self.device)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, self.device)
         self.critic_opt = adam(self.critics.parameters(), cfg.critic_lr, self.device)
         self._critic_losses, self._actor_losses = self.critic_losses, self.actor_losses  # fuse_losses() compiles them
 
@@ -125,7 +123,7 @@ class DDPG(Agent):
         if self._critic_losses != self.critic_losses:  # compiled already (a notebook's second learn(fuse=True))
             return
         self._critic_losses = torch.compile(self.critic_losses, fullgraph=True, dynamic=False)
-        self._actor_losses = torch.compile(self.actor_losses_through_fixed_critics, fullgraph=True, dynamic=False)
+        self._actor_losses = torch.compile(self.actor_losses, fullgraph=True, dynamic=False)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_opt, "critic": self.critic_opt}
@@ -138,13 +136,11 @@ class DDPG(Agent):
         """Seed-major rows [K·B, ...] → [K, B, ...]."""
         return x.view(self.num_seeds, -1, *x.shape[1:])
 
-    def q_values(self, critics: nn.Module, obs: Tensor, action: Tensor, weights: dict | None = None) -> Tensor:
-        """``q_c(s, a)`` of every critic c of every seed k: [K, C, B] for obs [K, B, d] and action [K, B, a]
-        (``weights``: other tensors in place of ``critics.net``'s parameters)."""
+    def q_values(self, critics: nn.Module, obs: Tensor, action: Tensor) -> Tensor:
+        """``q_c(s, a)`` of every critic c of every seed k: [K, C, B] for obs [K, B, d] and action [K, B, a]."""
         x = torch.cat([obs, action], dim=-1).unsqueeze(1)  # [K, 1, B, d + a] → [K·C, B, d + a]
         x = x.expand(-1, self.num_critics, -1, -1).reshape(-1, *x.shape[2:])
-        q = critics.net(x) if weights is None else torch.func.functional_call(critics.net, weights, (x,))
-        return q.view(self.num_seeds, self.num_critics, -1)
+        return critics.net(x).view(self.num_seeds, self.num_critics, -1)
 
     def act(self, obs: Tensor, explore: bool) -> tuple[Tensor, dict[str, Tensor]]:
         action = self.actor(self.per_seed(obs))
@@ -171,14 +167,9 @@ class DDPG(Agent):
         return critic_loss(qs, y), qs  # [K]: seed k's loss depends on seed k's parameters only
 
     def actor_losses(self, obs: Tensor) -> Tensor:
-        """Per-seed actor losses [K] (the first critic's q of the actor's actions)."""
+        """Per-seed actor losses [K] (the first critic's q of the actor's actions). Called with the critics'
+        gradients switched off: the backward goes through them to the actions without their weight gradients."""
         return actor_loss(self.q_values(self.critics, obs, self.actor(obs))[:, 0])
-
-    def actor_losses_through_fixed_critics(self, obs: Tensor) -> Tensor:
-        """:meth:`actor_losses` with the critics' weights as constants, so that a compiled backward (which cannot
-        be told ``backward(inputs=...)``) computes no critic weight gradients."""
-        fixed = {name: p.detach() for name, p in self.critics.net.named_parameters()}
-        return actor_loss(self.q_values(self.critics, obs, self.actor(obs), fixed)[:, 0])
 
     def update_step(self, batch: dict[str, Tensor], phase: int) -> dict[str, Tensor]:
         cfg = self.cfg
@@ -192,9 +183,11 @@ class DDPG(Agent):
         self.critic_opt.step()
         metrics = {"critic": loss_q.detach(), "q_mean": qs[:, 0].detach().mean(-1)}
         if phase:
+            self.critics.requires_grad_(False)  # a host-side flag, read when the forward records its backward
             loss_mu = self._actor_losses(obs)
+            self.critics.requires_grad_(True)
             self.actor_opt.zero_grad()
-            loss_mu.sum().backward(inputs=self.actor_params)  # through the critics, without their weight gradients
+            loss_mu.sum().backward()
             self.actor_opt.step()
             polyak_update(self.actor_target.parameters(), self.actor.parameters(), cfg.tau)
             polyak_update(self.critic_targets.parameters(), self.critics.parameters(), cfg.tau)

@@ -45,10 +45,10 @@ def _serve(cfg: Any, conn: Any) -> None:
     import agents  # noqa: F401  (registers the agents)
     from agents.base import build_agent
 
-    evaluate = None
+    evaluator = None
     try:
         agent = build_agent(cfg)
-        evaluate = agent.make_evaluator(cfg)
+        evaluator = InlineEvaluator(agent.make_evaluator(cfg))
         while True:
             try:
                 kind, step, state = conn.recv()
@@ -58,7 +58,7 @@ def _serve(cfg: Any, conn: Any) -> None:
                 return
             try:
                 agent.load_state_dict(state)
-                conn.send(("ok", step, evaluate(agent)))
+                conn.send(("ok", step, evaluator.evaluate(agent)))
             except Exception:  # noqa: BLE001 — reported to the trainer, which raises it there
                 conn.send(("error", step, traceback.format_exc()))
     except Exception:  # noqa: BLE001 — building the agent or its envs failed: say so at the first evaluation
@@ -66,8 +66,8 @@ def _serve(cfg: Any, conn: Any) -> None:
             kind, step, _ = conn.recv()
             conn.send(("error", step, traceback.format_exc()))
     finally:
-        if evaluate is not None:
-            getattr(evaluate, "close", lambda: None)()
+        if evaluator is not None:
+            evaluator.close()
 
 
 class InlineEvaluator:

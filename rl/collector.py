@@ -80,7 +80,8 @@ class VectorEnvCollector:
         self.rngs = seeding.generators(seeds, "warmup")  # warm-up actions: independent of the agent's streams
         self.staging: list[tuple[Tensor, Any]] = []  # pinned host buffers (and their copy events) for uploads to CUDA
         self.pipelined = hasattr(envs, "step_async")  # worker processes (async, shm): send, work, then collect
-        self.pinned: Tensor | None = None  # the actions' way back from CUDA (_download)
+        self.pinned: Tensor | None = None  # the actions' way back from CUDA (_download), and its copy's event
+        self.downloaded: Any = None
 
     def _tensor(self, x: np.ndarray) -> Tensor:
         return torch.as_tensor(x, device=self.device, dtype=self.obs_dtype)
@@ -128,12 +129,12 @@ class VectorEnvCollector:
             return lambda: host
         if self.pinned is None or self.pinned.shape != action.shape or self.pinned.dtype != action.dtype:
             self.pinned = torch.empty(action.shape, dtype=action.dtype, pin_memory=True)
+            self.downloaded = torch.cuda.Event()
         self.pinned.copy_(action, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
+        self.downloaded.record()
 
         def wait() -> np.ndarray:
-            done.synchronize()
+            self.downloaded.synchronize()
             return self.pinned.numpy().copy()  # the buffer is refilled next step; the envs may keep the array
         return wait
 

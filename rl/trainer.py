@@ -90,6 +90,9 @@ class Trainer:
         self.collector = collector or agent.make_collector(cfg)
         self.storage = agent.make_storage(cfg)
         if cfg.trainer.fuse:
+            from agents.base import check_fuse  # (agents import this module)
+
+            check_fuse(type(agent), cfg)
             agent.fuse_losses()
         if cfg.trainer.compile:
             if agent.use_cuda_graphs():
@@ -222,8 +225,8 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the agent as it is now and log it under eval/ (waiting for the result, also when
         ``trainer.eval_background`` sends it to the evaluator's process)."""
-        self.check_finite()
-        self._log_evals(self.evaluator.submit(self.step, self.agent) + self.evaluator.wait())
+        self._periodic_evaluation()
+        self._log_evals(self.evaluator.wait())
         return self.last_eval
 
     def _periodic_evaluation(self) -> None:

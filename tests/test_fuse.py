@@ -1,7 +1,6 @@
 """trainer.fuse: DDPG/TD3's loss functions compiled by TorchInductor (forward and, through AOTAutograd, backward)
-give the updates of the eager ones to float rounding, for K seeds and both TD3 phases; the actor's compiled loss
-holds the critics' weights fixed, so the critics get no gradient from it, as ``backward(inputs=actor)`` ensures
-eagerly. (On a GPU, fused and graphed: tests/test_gpu.py.)"""
+give the updates of the eager ones to float rounding, for K seeds and both TD3 phases; the actor's loss, eager or
+compiled, gives the critics no gradient (their gradients are switched off around it). (On a GPU, fused and graphed: tests/test_gpu.py.)"""
 
 import copy
 
@@ -43,11 +42,17 @@ def test_fused_updates_equal_eager_ones():
     assert (flat(fused) - start).abs().max() > 1e-3  # they did learn
 
 
-def test_the_compiled_actor_loss_leaves_the_critics_without_gradients():
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_actor_loss_leaves_the_critics_without_gradients(fused):
+    """As the update calls it (the critics' gradients switched off around the forward), eager and compiled."""
     cfg = DDPGConfig(hidden_sizes=[16], twin_critics=True)
     agent = DDPG(OBS, ACT, cfg, "cpu", seeds=[0, 1])
+    if fused:
+        agent.fuse_losses()
     obs = agent.per_seed(batches(1, 2 * 8)[0]["obs"])
-    loss = agent.actor_losses_through_fixed_critics(obs)
+    agent.critics.requires_grad_(False)
+    loss = agent._actor_losses(obs)
+    agent.critics.requires_grad_(True)
     torch.testing.assert_close(loss, agent.actor_losses(obs))  # the same value
     loss.sum().backward()
     assert all(p.grad is None for p in agent.critics.parameters())

@@ -3,6 +3,7 @@
     python scripts/mujoco_table.py td3 halfcheetah                   # 5 seeds x 1M steps, device=cuda, CUDA graphs
     python scripts/mujoco_table.py td3 hopper --minutes 9            # stop cleanly after 9 min; the same command again
                                                                      # continues the run from its checkpoint
+    python scripts/mujoco_table.py td3 hopper --settings 2018        # the paper's own settings (below)
     python scripts/mujoco_table.py --report docs/results/mujoco      # the markdown rows (and PNGs) of every JSON there
 
 The protocol of the paper: 1M environment steps per seed, an evaluation every 5,000 steps of 10 deterministic
@@ -14,7 +15,10 @@ evaluations; over the seeds their mean +- std. Beside them, the paper's numbers 
 trials", +- one std over the trials) and CleanRL's (average training-episode return at the end, 3 seeds, v4 envs).
 
 The run goes through the trainer (``trainer.num_seeds``, ``+experiment=<agent>_mujoco``: Adam 3e-4, batch 256,
-256x256, 25k random steps; positional arguments are more Hydra overrides), into ``--run-dir``; the curves are read back
+256x256, 25k random steps: the reference implementation's later settings; ``--settings 2018``:
+``+experiment=<agent>_mujoco_2018``, the paper's own, 400x300, Adam 1e-3, batch 100, 10k random steps on HalfCheetah
+and Ant and 1k on the others, results named ``<agent>_<env>_2018``; positional arguments are more Hydra overrides),
+into ``--run-dir``; the curves are read back
 from each seed's TensorBoard run (``eval/return_mean``), so a run continued over several commands gives one curve.
 Once it has reached ``--steps``, the script writes ``<out>/<agent>_<env>.json`` (every evaluation of every seed,
 the statistics, the references, the time taken; also CleanRL's metric, the return of the last 10 training episodes)
@@ -59,6 +63,8 @@ CLEANRL = {"td3": {"halfcheetah": (9583.22, 126.09), "hopper": (3134.61, 360.18)
 PROTOCOL = ["trainer.eval_every=5000", "trainer.eval_episodes=10", "trainer.eval_background=true",
             "trainer.progress=false"]
 GPU = ["device=cuda", "trainer.compile=true", "trainer.overlap=true", "env.vectorization=shm"]
+# The paper's settings (--settings 2018): its purely random first steps, 10k on HalfCheetah and Ant, 1k elsewhere
+PAPER_RANDOM_STEPS = {"halfcheetah": 10_000, "ant": 10_000}
 STOPPED = 75  # EX_TEMPFAIL: stopped at the time limit, continue with the same command
 
 
@@ -124,7 +130,21 @@ def read_scalars(run_dir: Path, seeds: list[int], tag: str) -> list[dict[int, fl
     return by_seed
 
 
-def record(agent: str, env: str, cfg: Config, run_dir: Path, segments: list[dict]) -> dict:
+def settings_overrides(agent: str, env: str, settings: str) -> list[str]:
+    """The Hydra overrides that pick the agent's MuJoCo settings: the reference implementation's later ones, or the
+    paper's own (2018)."""
+    if settings == "reference":
+        return [f"+experiment={agent}_mujoco"]
+    return [f"+experiment={agent}_mujoco_2018", f"trainer.learning_starts={PAPER_RANDOM_STEPS.get(env, 1000)}"]
+
+
+def name(agent: str, env: str, settings: str) -> str:
+    """The results' file name: ``<agent>_<env>``, with ``_2018`` for the paper's settings."""
+    return f"{agent}_{env}" + ("" if settings == "reference" else f"_{settings}")
+
+
+def record(agent: str, env: str, cfg: Config, run_dir: Path, segments: list[dict], settings: str = "reference"
+           ) -> dict:
     evals = read_scalars(run_dir, cfg.seeds, "eval/return_mean")
     steps = sorted(set.intersection(*(set(d) for d in evals)))
     curves = np.array([[d[t] for t in steps] for d in evals])
@@ -133,7 +153,11 @@ def record(agent: str, env: str, cfg: Config, run_dir: Path, segments: list[dict
                                                                                "charts/episodic_return")]
     seconds = sum(s["seconds"] for s in segments)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
-    return {"agent": agent, "env": env, "env_id": cfg.env.id, "seeds": cfg.seeds, "steps_per_seed": int(steps[-1]),
+    return {"agent": agent, "env": env, "env_id": cfg.env.id, "settings": settings,
+            "hyperparameters": {"hidden_sizes": list(cfg.agent.hidden_sizes), "actor_lr": cfg.agent.actor_lr,
+                                "critic_lr": cfg.agent.critic_lr, "batch_size": cfg.trainer.batch_size,
+                                "random_steps": cfg.trainer.learning_starts},
+            "seeds": cfg.seeds, "steps_per_seed": int(steps[-1]),
             "eval_every": cfg.trainer.eval_every, "eval_episodes": cfg.trainer.eval_episodes,
             "evaluation": ("a background process, actions on the CPU" if cfg.trainer.eval_background
                            else f"in the training loop, actions on {cfg.device}"),
@@ -156,7 +180,8 @@ def fmt(mean_std: tuple[float, float | None] | dict | None) -> str:
 def row(r: dict) -> str:
     """One markdown row of docs/benchmarks.md's table."""
     k, minutes = len(r["seeds"]), r["wall_s"] / 60
-    return (f"| {r['agent'].upper()} | {r['env_id']} | {fmt(r['max_average_return'])} | "
+    agent = r["agent"].upper() + (f" ({r['settings']} settings)" if r.get("settings", "reference") != "reference" else "")
+    return (f"| {agent} | {r['env_id']} | {fmt(r['max_average_return'])} | "
             f"{fmt(r['last10_average_return'])} | {fmt(r['paper'])} | {fmt(r['cleanrl'])} | "
             f"{k} × {r['steps_per_seed']:,} steps, {minutes:.1f} min, {r['device']} |")
 
@@ -178,7 +203,9 @@ def plot(r: dict, path: Path) -> Path | None:
     ax.fill_between(steps, lo, hi, alpha=0.25, label="95 % bootstrap interval")
     if r["paper"]:
         ax.axhline(r["paper"][0], ls="--", c="gray", label="paper: max average return")
-    ax.set(title=f"{r['agent'].upper()} on {r['env_id']}", xlabel="env steps (per seed)",
+    settings = r.get("settings", "reference")
+    ax.set(title=f"{r['agent'].upper()} on {r['env_id']}" + (f" ({settings} settings)" if settings != "reference"
+                                                             else ""), xlabel="env steps (per seed)",
            ylabel=f"average return ({r['eval_episodes']} deterministic episodes)")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -195,7 +222,7 @@ def report(directory: Path) -> None:
           "CleanRL (TD3, v4) | run |\n|---|---|---|---|---|---|---|")
     for r in results:
         print(row(r))
-        plot(r, directory / f"{r['agent']}_{r['env']}.png")
+        plot(r, directory / f"{name(r['agent'], r['env'], r.get('settings', 'reference'))}.png")
 
 
 def main() -> None:
@@ -206,6 +233,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5, help="K: seeds seed … seed+K−1 as one batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=1_000_000, help="env steps per seed")
+    p.add_argument("--settings", choices=["reference", "2018"], default="reference",
+                   help="reference: the reference implementation's later settings (default); 2018: the paper's own")
     p.add_argument("--minutes", type=float, default=None, help="stop cleanly (with a checkpoint) after this long")
     p.add_argument("--run-dir", default=None, help="default: outputs/table/<agent>_<env>_s<seed>")
     p.add_argument("--out", default=None, help="JSON and PNG go here (default: $OUT, else docs/results/mujoco)")
@@ -218,9 +247,11 @@ def main() -> None:
         if not (args.agent and args.env):
             p.error("give an agent and an env (or --report DIR)")
         gpu = [] if any(o.startswith("device=") for o in args.overrides) else GPU
-        cfg = compose([f"+experiment={args.agent}_mujoco", f"env={args.env}", f"trainer.num_seeds={args.seeds}",
-                       f"seed={args.seed}", f"trainer.total_steps={args.steps}", *PROTOCOL, *gpu, *args.overrides])
-        run_dir = Path(args.run_dir or f"outputs/table/{args.agent}_{args.env}_s{args.seed}")
+        cfg = compose([*settings_overrides(args.agent, args.env, args.settings), f"env={args.env}",
+                       f"trainer.num_seeds={args.seeds}", f"seed={args.seed}", f"trainer.total_steps={args.steps}",
+                       *PROTOCOL, *gpu, *args.overrides])
+        stem = name(args.agent, args.env, args.settings)
+        run_dir = Path(args.run_dir or f"outputs/table/{stem}_s{args.seed}")
         result = train(cfg, run_dir, t0 + 60 * args.minutes if args.minutes else None)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -236,10 +267,10 @@ def main() -> None:
         sys.exit(STOPPED)
     out = Path(args.out or os.environ.get("OUT") or "docs/results/mujoco")
     out.mkdir(parents=True, exist_ok=True)
-    r = record(args.agent, args.env, cfg, run_dir, segments)
-    path = out / f"{args.agent}_{args.env}.json"
+    r = record(args.agent, args.env, cfg, run_dir, segments, args.settings)
+    path = out / f"{stem}.json"
     path.write_text(json.dumps(r, indent=1))
-    png = plot(r, out / f"{args.agent}_{args.env}.png")
+    png = plot(r, out / f"{stem}.png")
     print(f"{args.agent} {cfg.env.id}, {len(cfg.seeds)} seeds x {cfg.trainer.total_steps:,} steps: max average return "
           f"{fmt(r['max_average_return'])}, last 10 evaluations {fmt(r['last10_average_return'])} (paper "
           f"{fmt(r['paper'])}); last 10 training episodes {fmt(r['training_return_last10'])} (CleanRL "

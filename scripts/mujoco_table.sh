@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The MuJoCo table's device runs (scripts/mujoco_table.py): each AGENT:ENV argument runs on its own GPU (the i-th on
-# GPU i; AGENT:ENV@N puts it on GPU N, so that two tasks can share one), all at once, 5 seeds x 1M steps each, every
+# GPU i; AGENT:ENV@N puts it on GPU N, so that two tasks can share one; AGENT:ENV:2018 runs the paper's own
+# settings, mujoco_table.py --settings 2018), all at once, 5 seeds x 1M steps each, every
 # one stopping cleanly after $MINUTES (default 9) minutes; run the same command again (on the same, still warm
 # machine: the runs continue from outputs/table/) until every task says "done". Logs: $OUT/table_<agent>_<env>.log
 # (appended); JSON and PNG in $OUT once a task reaches 1M steps.
 #
 #   bash scripts/mujoco_table.sh td3:halfcheetah td3:hopper          # a 2-GPU machine
 #   bash scripts/mujoco_table.sh td3:walker2d@0 td3:ant@0 ddpg:hopper@1 ddpg:walker2d@1   # two tasks per GPU
+#   bash scripts/mujoco_table.sh td3:hopper:2018@0 td3:walker2d:2018@1   # the paper's settings
 #   MINUTES=0.5 bash scripts/mujoco_table.sh td3:hopper              # a short check
 #   ARGS="device=cpu --seeds 2 --steps 2000" bash scripts/mujoco_table.sh td3:pendulum   # more arguments for each task
 set -uo pipefail
@@ -22,11 +24,12 @@ for arg in "$@"; do
   task=${arg%@*} gpu=$i
   [[ $arg == *@* ]] && gpu=${arg##*@}
   tasks+=("$task")
-  agent=${task%%:*} env=${task#*:}
-  echo "=== $task on GPU $gpu ($(date -u '+%Y-%m-%d %H:%M UTC'))" >> "$OUT/table_${agent}_${env}.log"
+  IFS=: read -r agent env settings <<< "$task"
+  log="$OUT/table_${agent}_${env}${settings:+_$settings}.log"
+  echo "=== $task on GPU $gpu ($(date -u '+%Y-%m-%d %H:%M UTC'))" >> "$log"
   # shellcheck disable=SC2086  # ARGS: several words
-  CUDA_VISIBLE_DEVICES=$gpu $PY scripts/mujoco_table.py "$agent" "$env" --minutes "${MINUTES:-9}" --out "$OUT" ${ARGS:-} \
-    >> "$OUT/table_${agent}_${env}.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=$gpu $PY scripts/mujoco_table.py "$agent" "$env" --settings "${settings:-reference}" \
+    --minutes "${MINUTES:-9}" --out "$OUT" ${ARGS:-} >> "$log" 2>&1 &
   pids+=($!)
   i=$((i + 1))
 done
@@ -36,6 +39,7 @@ for task in "${tasks[@]}"; do
   rc=$?
   case $rc in 0) status=done ;; 75) status="stopped at the time limit: run again" ;; *) status="FAILED (exit $rc)" ;; esac
   echo "== $task: $status"
-  grep -v -e settotalmass -e '^$' "$OUT/table_${task%%:*}_${task#*:}.log" | tail -n 3
+  IFS=: read -r agent env settings <<< "$task"
+  grep -v -e settotalmass -e '^$' "$OUT/table_${agent}_${env}${settings:+_$settings}.log" | tail -n 3
   i=$((i + 1))
 done

@@ -95,3 +95,26 @@ def test_soak_samples_memory_and_stops_the_run_itself(tmp_path, monkeypatch, cap
     captured = capsys.readouterr()
     assert "interrupted by SIGINT" in captured.err and "rss_mib: start" in captured.out
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("agent", ["td3", "ddpg"])
+def test_mujoco_table_2018_settings_are_the_papers(agent):
+    """--settings 2018: Fujimoto et al. (2018) and its code's first version: 400x300, Adam 1e-3 for both networks,
+    batch 100, purely random first steps 10k on HalfCheetah and Ant, 1k on Hopper and Walker2d; TD3's three fixes
+    (or none, for "Our DDPG") as in the later settings. The results are named apart from the reference settings'."""
+    spec = importlib.util.spec_from_file_location("mujoco_table", ROOT / "scripts" / "mujoco_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    for env, random_steps in [("halfcheetah", 10_000), ("hopper", 1_000), ("walker2d", 1_000), ("ant", 10_000)]:
+        cfg = table.compose([*table.settings_overrides(agent, env, "2018"), f"env={env}"])
+        reference = table.compose([*table.settings_overrides(agent, env, "reference"), f"env={env}"])
+        assert (list(cfg.agent.hidden_sizes), cfg.agent.actor_lr, cfg.agent.critic_lr, cfg.trainer.batch_size,
+                cfg.trainer.learning_starts) == ([400, 300], 1e-3, 1e-3, 100, random_steps)
+        assert (list(reference.agent.hidden_sizes), reference.agent.actor_lr, reference.trainer.batch_size,
+                reference.trainer.learning_starts) == ([256, 256], 3e-4, 256, 25_000)
+        assert (cfg.agent.twin_critics, cfg.agent.policy_delay, cfg.agent.target_policy_noise) == (
+            (True, 2, 0.2) if agent == "td3" else (False, 1, 0.0))
+        assert (cfg.agent.tau, cfg.agent.exploration_noise, cfg.agent.gamma) == (0.005, 0.1, 0.99)
+        assert cfg.trainer.total_steps == 1_000_000 and cfg.env.id.endswith("-v5")
+    assert table.name(agent, "hopper", "2018") == f"{agent}_hopper_2018" and table.name(agent, "hopper",
+                                                                                       "reference") == f"{agent}_hopper"

@@ -79,3 +79,15 @@ def reaches_target_from(run_dir) -> int:
             s = s if s == target else int(P[s, int(agent.predict(s))].argmax())
         reached += s == target
     return reached
+
+
+@pytest.mark.parametrize("agent", ["td3", "ddpg"])
+@pytest.mark.parametrize("env", ["halfcheetah", "hopper", "walker2d", "ant"])
+def test_mujoco_pairs_train_with_the_table_settings(agent, env):
+    """``agent=td3 env=walker2d`` alone gives the settings of the MuJoCo table's runs (+experiment=<agent>_mujoco,
+    docs/benchmarks.md): the same agent, 1M steps, 25k random steps, batch 256."""
+    pair, table = compose(f"agent={agent}", f"env={env}"), compose(f"+experiment={agent}_mujoco", f"env={env}")
+    assert pair.agent == table.agent and pair.env == table.env
+    for key in ("total_steps", "learning_starts", "batch_size", "utd_ratio"):
+        assert pair.trainer[key] == table.trainer[key], key
+    assert (pair.trainer.total_steps, pair.trainer.learning_starts) == (1_000_000, 25_000)

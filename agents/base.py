@@ -88,10 +88,6 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
             return self._graphed_act(True, {"obs": obs})
         return self.act(obs, explore=True)
 
-    def fuse_losses(self) -> None:
-        """``trainer.fuse``: compile the loss functions the update calls (agents that define it; see check_fuse)."""
-        raise NotImplementedError
-
     def use_cuda_graphs(self) -> bool:
         """Replay :meth:`update_step` (one graph per phase) and exploring :meth:`act` from CUDA graphs.
         Returns False (and changes nothing) off CUDA or for an agent whose update is not a pure ``update_step``."""
@@ -180,13 +176,11 @@ def check_seeds(agent_cls: type[Agent], cfg: Config) -> None:
 
 
 def check_fuse(agent_cls: type[Agent], cfg: Config) -> None:
-    """``trainer.fuse`` compiles an agent's loss functions: only agents that define them separately have it."""
-    def fusable(cls: type[Agent]) -> bool:
-        return cls.fuse_losses is not Agent.fuse_losses
-
-    names = ", ".join(sorted(n for n, (c, _) in AGENTS.items() if fusable(c)))
-    check(not cfg.trainer.fuse or fusable(agent_cls), f"trainer.fuse=true: agent={cfg.agent.name} has no compiled "
-          f"losses (agents that have them: {names}); leave it false")
+    """``trainer.fuse`` compiles an agent's loss functions: only agents whose update calls them separately have a
+    ``fuse_losses()`` (DDPG/TD3)."""
+    names = ", ".join(sorted(n for n, (c, _) in AGENTS.items() if hasattr(c, "fuse_losses")))
+    check(not cfg.trainer.fuse or hasattr(agent_cls, "fuse_losses"), f"trainer.fuse=true: agent={cfg.agent.name} has "
+          f"no compiled losses (agents that have them: {names}); leave it false")
 
 
 def check_eval_background(agent_cls: type[Agent], cfg: Config) -> None:

@@ -101,8 +101,11 @@ class Trainer:
             else:
                 print(f"trainer.compile: CUDA graphs need device=cuda and a graphable update; {type(agent).__name__} "
                       f"on {agent.device} runs eagerly", file=sys.stderr)
-        self.evaluator = (self._make_evaluator() if evaluator is None else evaluator
-                          if isinstance(evaluator, (InlineEvaluator, BackgroundEvaluator)) else InlineEvaluator(evaluator))
+        if evaluator is None:
+            evaluator = self._make_evaluator()
+        elif not isinstance(evaluator, (InlineEvaluator, BackgroundEvaluator)):  # a plain function: run in line
+            evaluator = InlineEvaluator(evaluator)
+        self.evaluator = evaluator
         self.video_env = self._video_env() if cfg.trainer.video else None
         on = cfg.logger.tensorboard and self.run_dir is not None and self.group.main
         self.loggers = [Logger(d, enabled=on) for d in self.seed_dirs()]  # one TensorBoard run per seed

@@ -61,6 +61,7 @@ def test_mujoco_table_stops_at_its_time_limit_continues_and_reports(tmp_path):
     assert r["max_average_return"]["per_seed"] == curves.max(axis=1).tolist()
     assert r["last10_average_return"]["mean"] == pytest.approx(curves[:, -10:].mean())
     assert r["max_average_return"]["std"] == pytest.approx(curves.max(axis=1).std())
+    assert r["max_after_random_steps"]["per_seed"] == curves[:, 1:].max(axis=1).tolist()  # the first is at step 100
     assert [s["to_step"] for s in r["segments"]] == [stopped, total] and r["paper"] is None
     assert len(r["training_return_last10"]["per_seed"]) == 2  # CleanRL's metric: training episodes (200 steps)
     assert (tmp_path / "out" / "td3_pendulum.png").exists() == (importlib.util.find_spec("matplotlib") is not None)

@@ -30,6 +30,7 @@ from rl import seeding
 from rl.buffers import ReplayBuffer
 from rl.collector import transition_spec
 from rl.config import AGENTS, AgentConfig, Config, ConfigError, check
+from rl.logging import MetricAccumulator
 from rl.trainer import Trainer, env_collector, env_evaluator, resolve_device
 
 
@@ -69,18 +70,30 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
         self.num_updates += 1
         return metrics
 
-    def sample_and_update(self, storage: Any, batch_size: int) -> dict[str, Tensor]:
-        """One update on a fresh uniform minibatch of a replay buffer: ``update(storage.sample(batch_size))``. Where
-        both are CUDA graphs, sampling and update replay as one graph (same kernels, same draws, one launch)."""
+    def sample_and_update(self, storage: Any, batch_size: int, metrics: MetricAccumulator | None = None
+                          ) -> dict[str, Tensor]:
+        """One update on a fresh uniform minibatch of a replay buffer: ``update(storage.sample(batch_size))``, its
+        metrics added to ``metrics`` if given. Where both are CUDA graphs, sampling, update and the metrics' sum
+        replay as one graph (same kernels, same draws, one launch)."""
         if self._graphed_update is None or getattr(storage, "_graphed_sample", None) is None:
-            return self.update(storage.sample(batch_size))
-        if self._graphed_sampled_update is None:
+            out = self.update(storage.sample(batch_size))
+            if metrics is not None:
+                metrics.add(out)
+            return out
+        if self._graphed_sampled_update is None or self._graphed_sampled_update[1] is not metrics:
             from rl.graphs import Graphed
 
-            self._graphed_sampled_update = Graphed(lambda key, _: self.update_step(storage._sample(key[1]), key[0]))
-        metrics = self._graphed_sampled_update((self.phase(), batch_size), {})
+            def step(key: tuple[int, int], _: dict) -> dict[str, Tensor]:
+                out = self.update_step(storage._sample(key[1]), key[0])
+                return metrics.sum_in(out) if metrics is not None else out
+
+            # captured with this accumulator's sums: another accumulator (a notebook's next learn()) recaptures
+            self._graphed_sampled_update = (Graphed(step), metrics)
+        out = self._graphed_sampled_update[0]((self.phase(), batch_size), {})
+        if metrics is not None:
+            metrics.tally(out)
         self.num_updates += 1
-        return metrics
+        return out
 
     def explore(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """``act(obs, explore=True)`` as collectors call it (from a CUDA graph once :meth:`use_cuda_graphs`)."""

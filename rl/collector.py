@@ -56,6 +56,15 @@ def box_clip(space: gym.Space, device: torch.device) -> Callable[[Tensor], Tenso
     return lambda action: torch.clamp(action, low, high)
 
 
+def host_box_clip(space: gym.Space) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`box_clip` for an action already on the host, into a new array (a copy for other spaces): the same
+    values (float32 bounds), without a device launch in the loop."""
+    if not isinstance(space, gym.spaces.Box):
+        return np.array
+    low, high = (np.asarray(b, dtype=np.float32) for b in (space.low, space.high))
+    return lambda action: np.clip(action, low, high)
+
+
 class VectorEnvCollector:
     """Steps a gymnasium vector env one step per ``collect`` and stores ``num_envs`` transitions.
 
@@ -70,7 +79,7 @@ class VectorEnvCollector:
         if self.per_seed * len(seeds) != self.n:
             raise ValueError(f"{self.n} envs do not split evenly over {len(seeds)} seeds")
         self.act_space = envs.single_action_space
-        self.clip = box_clip(self.act_space, device)
+        self.clip = host_box_clip(self.act_space)  # on the host copy that goes to the envs (_download)
         obs_spec = space_spec(envs.single_observation_space)
         self.obs_dtype = obs_spec[1]
         obs, _ = envs.reset(seed=[s + j for s in seeds for j in range(self.per_seed)])
@@ -121,11 +130,12 @@ class VectorEnvCollector:
         return dev
 
     def _download(self, action: Tensor) -> Callable[[], np.ndarray]:
-        """``action`` on the host, later: returns a function that waits for it. From CUDA the copy goes into a
-        pinned buffer behind the work queued so far; the host waits for that copy only, so work launched after
-        this call (the overlapped update) is already queued on the GPU while the host waits and steps the envs."""
+        """``action`` on the host, clipped to the action space (a new array): returns a function that waits for it.
+        From CUDA the copy goes into a pinned buffer behind the work queued so far; the host waits for that copy
+        only, so work launched after this call (the overlapped update) is already queued on the GPU while the host
+        waits and steps the envs."""
         if action.device.type != "cuda":
-            host = action.numpy()
+            host = self.clip(action.numpy())
             return lambda: host
         if self.pinned is None or self.pinned.shape != action.shape or self.pinned.dtype != action.dtype:
             self.pinned = torch.empty(action.shape, dtype=action.dtype, pin_memory=True)
@@ -135,7 +145,7 @@ class VectorEnvCollector:
 
         def wait() -> np.ndarray:
             self.downloaded.synchronize()
-            return self.pinned.numpy().copy()  # the buffer is refilled next step; the envs may keep the array
+            return self.clip(self.pinned.numpy())  # a new array: the buffer is refilled next step
         return wait
 
     def collect(self, agent: Any, storage: Any, random_actions: bool,
@@ -150,7 +160,7 @@ class VectorEnvCollector:
         else:
             with torch.no_grad():
                 action, extras = agent.explore(self.obs)
-        host_action = self._download(self.clip(action))
+        host_action = self._download(action)
         if during is not None:
             during(self.per_seed)
         if self.pipelined:  # worker processes: send, then collect

@@ -6,7 +6,7 @@ Tags every agent shares: ``charts/episodic_return``, ``charts/episodic_length``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +16,50 @@ from torch import Tensor
 
 
 class MetricAccumulator:
-    """Sums 0-d metric tensors on their device; one host sync when :meth:`means` is read at log time."""
+    """Sums 0-d (or [K]) metric tensors on their device; one host sync when :meth:`means` is read at log time.
+
+    Each metric's sum is one tensor for the whole run, zeroed in place when read, so the summing can be part of a
+    CUDA graph: :meth:`sum_in` inside the captured function (recorded once, run by every replay) and :meth:`tally`
+    on the host for each call. :meth:`add` does both."""
 
     def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
 
-    def add(self, metrics: Mapping[str, Tensor]) -> None:
-        new = [k for k in metrics if k not in self.sums]
-        for k in new:
-            self.sums[k] = torch.zeros_like(metrics[k], dtype=torch.float32)
-            self.counts[k] = 0
+    def sum_in(self, metrics: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """Add ``metrics`` to the sums (one launch; a metric seen for the first time gets its sum first)."""
+        for k in metrics:
+            if k not in self.sums:
+                self.sums[k] = torch.zeros_like(metrics[k], dtype=torch.float32)
+                self.counts[k] = 0
         keys = list(metrics)
-        torch._foreach_add_([self.sums[k] for k in keys], [metrics[k].detach() for k in keys])  # one launch
+        torch._foreach_add_([self.sums[k] for k in keys], [metrics[k].detach() for k in keys])
+        return metrics
+
+    def tally(self, keys: Iterable[str]) -> None:
         for k in keys:
             self.counts[k] += 1
 
+    def add(self, metrics: Mapping[str, Tensor]) -> None:
+        self.tally(self.sum_in(metrics))
+
+    def pending(self) -> dict[str, Tensor]:
+        """The sums of the metrics added since the last :meth:`means`."""
+        return {k: v for k, v in self.sums.items() if self.counts[k]}
+
     def means(self) -> dict[str, float]:
-        if not self.sums:
+        """The mean of each metric added since the last call (one host sync); the sums start again from zero."""
+        sums = self.pending()
+        if not sums:
             return {}
-        keys = list(self.sums)
-        values = torch.stack([self.sums[k] / self.counts[k] for k in keys]).tolist()  # one sync
-        self.sums.clear()
-        self.counts.clear()
-        return dict(zip(keys, values))
+        flat = torch.cat([(v / self.counts[k]).reshape(-1) for k, v in sums.items()]).tolist()  # one sync
+        torch._foreach_zero_(list(sums.values()))
+        means, i = {}, 0
+        for k, v in sums.items():  # a 0-d sum gives a number, a [K] one a list
+            means[k] = flat[i] if v.dim() == 0 else flat[i:i + v.numel()]
+            i += v.numel()
+            self.counts[k] = 0
+        return means
 
 
 class Logger:

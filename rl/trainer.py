@@ -212,7 +212,7 @@ class Trainer:
         self.update_credit -= k
         if isinstance(self.storage, ReplayBuffer):  # sampling and update: one CUDA graph where both are graphed
             for _ in range(k):
-                self.metrics.add(self.agent.sample_and_update(self.storage, tc.batch_size))
+                self.agent.sample_and_update(self.storage, tc.batch_size, self.metrics)
             return
         for batch in self.storage.batches(k, tc.batch_size):
             self.metrics.add(self.agent.update(batch))
@@ -334,7 +334,7 @@ class Trainer:
     def check_finite(self) -> None:
         """Raise :class:`Diverged` if a loss accumulated since the last log or a parameter (or buffer) of the agent
         is NaN or infinite. One host sync; called before evaluations and checkpoints, which sync anyway."""
-        tensors = {f"losses/{k}": v for k, v in self.metrics.sums.items()}
+        tensors = {f"losses/{k}": v for k, v in self.metrics.pending().items()}
         tensors.update({f"parameter {k}": v for k, v in self.agent.state_dict().items() if v.is_floating_point()})
         local = [v.to_local() if hasattr(v, "to_local") else v for v in tensors.values()]  # FSDP: this rank's shard
         finite = torch.stack([torch.isfinite(v).all() for v in local]).tolist() if local else []

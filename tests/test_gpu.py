@@ -11,6 +11,7 @@ from agents.ddpg import DDPG, DDPGConfig
 from agents.qac import A2C, QAC, A2CConfig, QACConfig
 from rl.buffers import ReplayBuffer, RolloutBuffer
 from rl.collector import TorchEnvCollector, transition_spec
+from rl.logging import MetricAccumulator
 from envs.torch_envs import make_torch_env
 
 pytestmark = pytest.mark.gpu
@@ -133,12 +134,20 @@ def test_sampled_update_graph_equals_separate_sampling_and_update():
             buf.add(to_cuda(batch))
     graphed = copy.deepcopy(eager)
     assert graphed.use_cuda_graphs() and buffers[1].use_cuda_graphs()
-    for i in range(10):
+    sums = [MetricAccumulator(), MetricAccumulator()]  # the graphed update sums its metrics inside its graph
+    for i in range(16):
         a = eager.update(buffers[0].sample(64))
-        b = graphed.sample_and_update(buffers[1], 64)
+        sums[0].add(a)
+        b = graphed.sample_and_update(buffers[1], 64, sums[1])
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=f"update {i}: {k}")
-    assert len(graphed._graphed_sampled_update.graphs) == 2  # both phases replay from their graph
+        if i in (9, 15):  # the means of updates 0-9 (warm-ups, captures, replays), then of 10-15 (replays only)
+            eager_means, graphed_means = (s.means() for s in sums)
+            assert graphed_means.keys() == eager_means.keys() == {"critic", "q_mean", "actor"}
+            for k in eager_means:
+                torch.testing.assert_close(torch.tensor(graphed_means[k]), torch.tensor(eager_means[k]), rtol=1e-5,
+                                           atol=1e-5, msg=f"mean {k} after update {i}")
+    assert len(graphed._graphed_sampled_update[0].graphs) == 2  # both phases replay from their graph
     torch.testing.assert_close(params(graphed), params(eager), rtol=1e-5, atol=1e-5)
 
 

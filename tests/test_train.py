@@ -196,3 +196,19 @@ def test_tf32_is_the_runs_setting_and_the_callers_afterwards():
     trainer.run()
     trainer.close()
     assert set(seen) == {not before} and torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_metric_sums_keep_their_tensors_and_restart_from_zero():
+    """What lets a CUDA graph sum its update's metrics: the sums stay the same tensors across reads (zeroed in place),
+    and a metric not added since the last read is left out of the next means."""
+    from rl.logging import MetricAccumulator
+
+    acc = MetricAccumulator()
+    for x in (1.0, 2.0, 6.0):
+        acc.add({"critic": torch.tensor(x), "actor": torch.tensor([x, -x])})
+    sums = dict(acc.sums)
+    assert acc.means() == {"critic": 3.0, "actor": [3.0, -3.0]}
+    assert all(acc.sums[k] is sums[k] for k in sums) and float(sums["critic"]) == 0.0
+    acc.tally(acc.sum_in({"critic": torch.tensor(5.0)}))  # the two halves of add(), as the graphed update calls them
+    acc.add({"critic": torch.tensor(7.0)})
+    assert acc.pending().keys() == {"critic"} and acc.means() == {"critic": 6.0} and acc.means() == {}

@@ -58,8 +58,11 @@ PAPER = {"td3": {"halfcheetah": (9636.95, 859.065), "hopper": (3564.07, 114.74),
                  "ant": (4372.44, 1000.33)},
          "ddpg": {"halfcheetah": (8577.29, None), "hopper": (1860.02, None), "walker2d": (3098.11, None),
                   "ant": (888.77, None)}}
-# CleanRL's td3_continuous_action.py (docs: rl-algorithms/td3): average training-episode return, 3 seeds, v4 envs.
-CLEANRL = {"td3": {"halfcheetah": (9583.22, 126.09), "hopper": (3134.61, 360.18), "walker2d": (4057.59, 658.78)}}
+# CleanRL's td3_continuous_action.py and ddpg_continuous_action.py (their docs, rl-algorithms/td3 and /ddpg): average
+# training-episode return (exploration noise on), 3 seeds, v4 envs; no Ant. Ours by the same metric:
+# training_return_last10.
+CLEANRL = {"td3": {"halfcheetah": (9583.22, 126.09), "hopper": (3134.61, 360.18), "walker2d": (4057.59, 658.78)},
+           "ddpg": {"halfcheetah": (10374.07, 157.37), "hopper": (1576.78, 818.98), "walker2d": (1240.16, 390.10)}}
 PROTOCOL = ["trainer.eval_every=5000", "trainer.eval_episodes=10", "trainer.eval_background=true",
             "trainer.progress=false"]
 GPU = ["device=cuda", "trainer.compile=true", "trainer.overlap=true", "env.vectorization=shm"]
@@ -186,9 +189,10 @@ def fmt(mean_std: tuple[float, float | None] | dict | None) -> str:
 def row(r: dict) -> str:
     """One markdown row of docs/benchmarks.md's table."""
     k, minutes = len(r["seeds"]), r["wall_s"] / 60
+    cleanrl = f"{fmt(r['cleanrl'])} (ours {fmt(r['training_return_last10'])})" if r["cleanrl"] else "–"
     agent = r["agent"].upper() + (f" ({r['settings']} settings)" if r.get("settings", "reference") != "reference" else "")
     return (f"| {agent} | {r['env_id']} | {fmt(r['max_average_return'])} | {fmt(r['max_after_random_steps'])} | "
-            f"{fmt(r['last10_average_return'])} | {fmt(r['paper'])} | {fmt(r['cleanrl'])} | "
+            f"{fmt(r['last10_average_return'])} | {fmt(r['paper'])} | {cleanrl} | "
             f"{k} × {r['steps_per_seed']:,} steps, {minutes:.1f} min, {r['device']} |")
 
 
@@ -225,7 +229,7 @@ def report(directory: Path) -> None:
     if not results:
         raise ConfigError(f"no table results (*.json) in {directory}")
     print("| agent | env | max average return (ours) | max after the random steps (ours) | last 10 evaluations (ours) "
-          "| paper (max average return) | CleanRL (TD3, v4) | run |\n|---|---|---|---|---|---|---|---|")
+          "| paper (max average return) | CleanRL, v4 (ours by its metric) | run |\n|---|---|---|---|---|---|---|---|")
     for r in results:
         print(row(r))
         plot(r, directory / f"{name(r['agent'], r['env'], r.get('settings', 'reference'))}.png")

@@ -209,6 +209,9 @@ def plot(r: dict, path: Path) -> Path | None:
     steps, curves = np.array(r["eval_steps"]), np.array(r["eval_return_mean"])
     lo, hi = bootstrap_interval(curves)
     fig, ax = plt.subplots(figsize=(6, 4))
+    random_steps = r.get("hyperparameters", {}).get("random_steps")
+    if random_steps:  # the evaluations of the untrained actor
+        ax.axvspan(0, random_steps, color="0.9", label="random steps (no update yet)")
     ax.plot(steps, curves.mean(axis=0), label=f"ours, mean of {len(curves)} seeds")
     ax.fill_between(steps, lo, hi, alpha=0.25, label="95 % bootstrap interval")
     if r["paper"]:

@@ -55,7 +55,7 @@ class Agent(NotebookAPI, nn.Module, metaclass=ABCMeta):
         self.banks: dict[str, seeding.Bank] = {}  # their draws made ahead, for graphs (rl.seeding.Bank)
         self._graphed_update: Any = None  # rl.graphs.Graphed, once use_cuda_graphs() is called
         self._graphed_act: Any = None
-        self._graphed_sampled_update: Any = None  # sample_and_update's graph (replay buffer + update in one)
+        self._graphed_sampled_update: Any = None  # (sample_and_update's graph: buffer + update + metric sums, its sums)
         self._trainer: Trainer | None = None
 
     # -- learner interface ---------------------------------------------------------------------------

@@ -207,6 +207,11 @@ def fmt(mean_std: tuple[float, float | None] | dict | None) -> str:
     return f"{mean:,.0f}" + (f" ± {std:,.0f}" if std is not None else "")
 
 
+def label(r: dict) -> str:
+    """``TD3``, or ``TD3 (2018 settings)`` for a run of the paper's own settings."""
+    return r["agent"].upper() + ("" if r["settings"] == "reference" else f" ({r['settings']} settings)")
+
+
 def max_cell(r: dict) -> str:
     """The paper's statistic; where its maximum is an evaluation before the first update, the same after them."""
     best = r["max_average_return"]
@@ -220,14 +225,14 @@ def row(r: dict) -> str:
     """One markdown row of docs/benchmarks.md's table."""
     k, minutes = len(r["seeds"]), r["wall_s"] / 60
     cleanrl = f"{fmt(r['cleanrl'])} (ours {fmt(r['training_return_last10'])})" if r["cleanrl"] else "–"
-    agent = r["agent"].upper() + (f" ({r['settings']} settings)" if r.get("settings", "reference") != "reference" else "")
-    return (f"| {agent} | {r['env_id']} | {max_cell(r)} | {fmt(r['mean_of_seed_maxima'])} | "
+    return (f"| {label(r)} | {r['env_id']} | {max_cell(r)} | {fmt(r['mean_of_seed_maxima'])} | "
             f"{fmt(r['last10_average_return'])} | {fmt(r['paper'])} | {cleanrl} | "
             f"{k} × {r['steps_per_seed']:,} steps, {minutes:.1f} min, {r['device']} |")
 
 
 def plot(r: dict, path: Path) -> Path | None:
-    """Mean over the seeds and its 95 % bootstrap interval; the paper's figure as a dashed line."""
+    """Mean over the seeds and its 95 % bootstrap interval, the random steps shaded; the paper's figure as a dashed
+    line, and for TD3 the paper's own mean curve."""
     try:
         import matplotlib
 
@@ -239,9 +244,7 @@ def plot(r: dict, path: Path) -> Path | None:
     steps, curves = np.array(r["eval_steps"]), np.array(r["eval_return_mean"])
     lo, hi = bootstrap_interval(curves)
     fig, ax = plt.subplots(figsize=(6, 4))
-    random_steps = r.get("hyperparameters", {}).get("random_steps")
-    if random_steps:  # the evaluations of the untrained actor
-        ax.axvspan(0, random_steps, color="0.9", label="random steps (no update yet)")
+    ax.axvspan(0, r["hyperparameters"]["random_steps"], color="0.9", label="random steps (no update yet)")
     ax.plot(steps, curves.mean(axis=0), label=f"ours, mean of {len(curves)} seeds")
     ax.fill_between(steps, lo, hi, alpha=0.25, label="95 % bootstrap interval")
     theirs = paper_curves(r["agent"], r["env"])
@@ -250,9 +253,7 @@ def plot(r: dict, path: Path) -> Path | None:
                 label=f"paper's {r['agent'].upper()}, mean of {len(theirs[1])} trials (v1)")
     if r["paper"]:
         ax.axhline(r["paper"][0], ls="--", c="gray", label="paper: max average return")
-    settings = r.get("settings", "reference")
-    ax.set(title=f"{r['agent'].upper()} on {r['env_id']}" + (f" ({settings} settings)" if settings != "reference"
-                                                             else ""), xlabel="env steps (per seed)",
+    ax.set(title=f"{label(r)} on {r['env_id']}", xlabel="env steps (per seed)",
            ylabel=f"average return ({r['eval_episodes']} deterministic episodes)")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -269,7 +270,7 @@ def report(directory: Path) -> None:
           "| paper (max average return) | CleanRL, v4 (ours by its metric) | run |\n|---|---|---|---|---|---|---|---|")
     for r in results:
         print(row(r))
-        plot(r, directory / f"{name(r['agent'], r['env'], r.get('settings', 'reference'))}.png")
+        plot(r, directory / f"{name(r['agent'], r['env'], r['settings'])}.png")
 
 
 def main() -> None:

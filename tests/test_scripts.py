@@ -102,12 +102,18 @@ def test_soak_samples_memory_and_stops_the_run_itself(tmp_path, monkeypatch, cap
     assert (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_max_average_return_is_the_papers_statistic():
-    """The paper's own TD3 curves (10 trials per task, stored in docs/) give its Table 1 numbers, ± included, under
-    the statistic the table script computes: the top of the trial-averaged curve, ± the std over trials there."""
+def mujoco_table():
+    """scripts/mujoco_table.py as a module (scripts/ is no package)."""
     spec = importlib.util.spec_from_file_location("mujoco_table", ROOT / "scripts" / "mujoco_table.py")
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
+    return table
+
+
+def test_max_average_return_is_the_papers_statistic():
+    """The paper's own TD3 curves (10 trials per task, stored in docs/) give its Table 1 numbers, ± included, under
+    the statistic the table script computes: the top of the trial-averaged curve, ± the std over trials there."""
+    table = mujoco_table()
     for env, (mean, std) in table.PAPER["td3"].items():
         steps, trials = table.paper_curves("td3", env)
         assert trials.shape == (10, 201) and steps[0] == 0 and steps[-1] == 1_000_000
@@ -121,9 +127,7 @@ def test_mujoco_table_2018_settings_are_the_papers(agent):
     """--settings 2018: Fujimoto et al. (2018) and its code's first version: 400x300, Adam 1e-3 for both networks,
     batch 100, purely random first steps 10k on HalfCheetah and Ant, 1k on Hopper and Walker2d; TD3's three fixes
     (or none, for "Our DDPG") as in the later settings. The results are named apart from the reference settings'."""
-    spec = importlib.util.spec_from_file_location("mujoco_table", ROOT / "scripts" / "mujoco_table.py")
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = mujoco_table()
     for env, random_steps in [("halfcheetah", 10_000), ("hopper", 1_000), ("walker2d", 1_000), ("ant", 10_000)]:
         cfg = table.compose([*table.settings_overrides(agent, env, "2018"), f"env={env}"])
         reference = table.compose([*table.settings_overrides(agent, env, "reference"), f"env={env}"])

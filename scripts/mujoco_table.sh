@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The MuJoCo table's device runs (scripts/mujoco_table.py): each AGENT:ENV argument runs on its own GPU (the i-th on
-# GPU i; AGENT:ENV@N puts it on GPU N, so that two tasks can share one; AGENT:ENV:2018 runs the paper's own
-# settings, mujoco_table.py --settings 2018), all at once, 5 seeds x 1M steps each, every
+# GPU i; AGENT:ENV@N puts it on GPU N, so that two tasks can share one; AGENT:ENV runs the settings of the pair's
+# preset, AGENT:ENV:2018 or AGENT:ENV:reference picks them: mujoco_table.py --settings), all at once, 5 seeds x 1M steps each, every
 # one stopping cleanly after $MINUTES (default 9) minutes; run the same command again (on the same, still warm
 # machine: the runs continue from outputs/table/) until every task says "done". Logs: $OUT/table_<agent>_<env>.log
 # (appended); JSON and PNG in $OUT once a task reaches 1M steps.
 #
 #   bash scripts/mujoco_table.sh td3:halfcheetah td3:hopper          # a 2-GPU machine
 #   bash scripts/mujoco_table.sh td3:walker2d@0 td3:ant@0 ddpg:hopper@1 ddpg:walker2d@1   # two tasks per GPU
-#   bash scripts/mujoco_table.sh td3:hopper:2018@0 td3:walker2d:2018@1   # the paper's settings
+#   bash scripts/mujoco_table.sh td3:hopper:reference@0 ddpg:walker2d:2018@1   # other settings than the presets'
 #   MINUTES=0.5 bash scripts/mujoco_table.sh td3:hopper              # a short check
 #   ARGS="device=cpu --seeds 2 --steps 2000" bash scripts/mujoco_table.sh td3:pendulum   # more arguments for each task
 set -uo pipefail
@@ -28,7 +28,7 @@ for arg in "$@"; do
   log="$OUT/table_${agent}_${env}${settings:+_$settings}.log"
   echo "=== $task on GPU $gpu ($(date -u '+%Y-%m-%d %H:%M UTC'))" >> "$log"
   # shellcheck disable=SC2086  # ARGS: several words
-  CUDA_VISIBLE_DEVICES=$gpu $PY scripts/mujoco_table.py "$agent" "$env" --settings "${settings:-reference}" \
+  CUDA_VISIBLE_DEVICES=$gpu $PY scripts/mujoco_table.py "$agent" "$env" --settings "${settings:-preset}" \
     --minutes "${MINUTES:-9}" --out "$OUT" ${ARGS:-} >> "$log" 2>&1 &
   pids+=($!)
   i=$((i + 1))

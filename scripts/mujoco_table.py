@@ -6,6 +6,7 @@
                                                                      # continues the run from its checkpoint
     python scripts/mujoco_table.py td3 hopper --settings reference   # the reference implementation's (below)
     python scripts/mujoco_table.py --report docs/results/mujoco      # the markdown rows (and PNGs) of every JSON there
+    python scripts/mujoco_table.py td3 hopper --name                 # the results' name: td3_hopper_2018
 
 The protocol of the paper: 1M environment steps per seed, an evaluation every 5,000 steps of 10 deterministic
 episodes (no exploration noise) per seed, on envs of their own (K x 10 in one vector env), played by a process of
@@ -96,11 +97,12 @@ def summary(curves: np.ndarray, steps: np.ndarray, random_steps: int) -> dict:
     maximum and the average of the last 10 evaluations (mean ± std over the seeds). Also the paper's statistic over
     the evaluations after the ``random_steps`` alone: the paper's counts the evaluations of the untrained actor too,
     whose near-zero actions score well where standing still pays (on Ant about +1 a step for staying healthy, ≈ 985
-    over 1,000 steps; the paper's own TD3 curves start there)."""
+    over 1,000 steps; the paper's own TD3 curves start there); None for a run that ended within its random steps."""
     steps = np.asarray(steps)
     after = steps > random_steps
     return {"max_average_return": max_average_return(curves, steps),
-            "max_average_return_after_random_steps": max_average_return(curves[:, after], steps[after]),
+            "max_average_return_after_random_steps": max_average_return(curves[:, after], steps[after])
+            if after.any() else None,
             "mean_of_seed_maxima": over_seeds(curves.max(axis=1)),
             "last10_average_return": over_seeds(curves[:, -10:].mean(axis=1))}
 
@@ -228,8 +230,9 @@ def max_cell(r: dict) -> str:
     best = r["max_average_return"]
     if best["step"] > r["hyperparameters"]["random_steps"]:
         return fmt(best)
+    later = r["max_average_return_after_random_steps"]
     return (f"{fmt(best)} at {best['step']:,} steps (untrained actor); "
-            f"{fmt(r['max_average_return_after_random_steps'])} after the random steps")
+            + (f"{fmt(later)} after the random steps" if later else "no evaluation after the random steps"))
 
 
 def row(r: dict) -> str:
@@ -299,6 +302,7 @@ def main() -> None:
     p.add_argument("--run-dir", default=None, help="default: outputs/table/<agent>_<env>_s<seed>")
     p.add_argument("--out", default=None, help="JSON and PNG go here (default: $OUT, else docs/results/mujoco)")
     p.add_argument("--report", metavar="DIR", default=None, help="print the table rows of DIR's JSONs, make the PNGs")
+    p.add_argument("--name", action="store_true", help="print the results' name (<agent>_<env>[_2018]) and exit")
     args = p.parse_intermixed_args()  # options and overrides in any order
     t0 = time.monotonic()
     try:
@@ -309,6 +313,8 @@ def main() -> None:
         gpu = [] if any(o.startswith("device=") for o in args.overrides) else GPU
         if args.settings == "preset":
             args.settings = preset_settings(args.agent, args.env)
+        if args.name:
+            return print(name(args.agent, args.env, args.settings))
         cfg = compose([*settings_overrides(args.agent, args.env, args.settings), f"env={args.env}",
                        f"trainer.num_seeds={args.seeds}", f"seed={args.seed}", f"trainer.total_steps={args.steps}",
                        *PROTOCOL, *gpu, *args.overrides])

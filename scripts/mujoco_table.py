@@ -23,8 +23,9 @@ The run goes through the trainer (``trainer.num_seeds``; positional arguments ar
 256, 256x256, 25k random steps, the reference implementation's later settings. ``--settings 2018``:
 ``+experiment=<agent>_mujoco_2018``, the paper's own, 400x300, Adam 1e-3, batch 100, 10k random steps on HalfCheetah
 and Ant and 1k on the others; results named ``<agent>_<env>_2018``. The default, ``preset``, is the one that the
-pair's preset (conf/agent_env/<agent>_<env>.yaml, what ``python -m rl.train agent=... env=...`` runs) holds:
-``PRESET_SETTINGS``, checked against the presets by tests/test_presets.py. The curves are read back
+pair's preset (conf/agent_env/<agent>_<env>.yaml, what ``python -m rl.train agent=... env=...`` runs) holds, read
+from the preset itself (``preset_settings``; the reference settings for a pair whose preset holds neither). The
+curves are read back
 from each seed's TensorBoard run (``eval/return_mean``), so a run continued over several commands gives one curve.
 Once it has reached ``--steps``, the script writes ``<out>/<agent>_<env>.json`` (every evaluation of every seed,
 the statistics, the references, the time taken; also CleanRL's metric, the return of the last 10 training episodes)
@@ -74,9 +75,6 @@ PROTOCOL = ["trainer.eval_every=5000", "trainer.eval_episodes=10", "trainer.eval
 GPU = ["device=cuda", "trainer.compile=true", "trainer.overlap=true", "env.vectorization=shm"]
 # The paper's settings (--settings 2018): its purely random first steps, 10k on HalfCheetah and Ant, 1k elsewhere
 PAPER_RANDOM_STEPS = {"halfcheetah": 10_000, "ant": 10_000}
-# The settings of each pair's preset (conf/agent_env/<agent>_<env>.yaml): the paper's own where the reference
-# settings fall short of the paper and the paper's reach it (docs/benchmarks.md), the reference settings elsewhere.
-PRESET_SETTINGS = {("td3", "hopper"): "2018", ("td3", "walker2d"): "2018"}
 STOPPED = 75  # EX_TEMPFAIL: stopped at the time limit, continue with the same command
 
 
@@ -168,8 +166,19 @@ def read_scalars(run_dir: Path, seeds: list[int], tag: str) -> list[dict[int, fl
 
 
 def preset_settings(agent: str, env: str) -> str:
-    """The settings that the pair's preset holds: ``reference`` or ``2018``."""
-    return PRESET_SETTINGS.get((agent, env), "reference")
+    """The settings that the pair's preset (conf/agent_env/<agent>_<env>.yaml) holds: the one of ``reference`` and
+    ``2018`` whose composition gives the same agent, steps, random steps and batch as ``agent=… env=…`` alone;
+    ``reference`` where neither does (a pair outside the table, such as Pendulum)."""
+    keys = ("total_steps", "learning_starts", "batch_size", "utd_ratio")
+
+    def settings_of(cfg: Config) -> tuple:
+        return cfg.agent, cfg.env, tuple(getattr(cfg.trainer, k) for k in keys)
+
+    pair = settings_of(compose([f"agent={agent}", f"env={env}"]))
+    for settings in ("2018", "reference"):
+        if settings_of(compose([*settings_overrides(agent, env, settings), f"env={env}"])) == pair:
+            return settings
+    return "reference"
 
 
 def settings_overrides(agent: str, env: str, settings: str) -> list[str]:

@@ -85,7 +85,7 @@ def reaches_target_from(run_dir) -> int:
 @pytest.mark.parametrize("env", ["halfcheetah", "hopper", "walker2d", "ant"])
 def test_mujoco_pairs_train_with_the_table_settings(agent, env):
     """``agent=td3 env=walker2d`` alone gives the settings of its row in the MuJoCo table (docs/benchmarks.md), which
-    ``scripts/mujoco_table.py`` runs by default (``PRESET_SETTINGS``): the same agent (networks, learning rates), 1M
+    ``scripts/mujoco_table.py`` runs by default (``preset_settings``): the same agent (networks, learning rates), 1M
     steps, the same random steps and batch. TD3 on Hopper and Walker2d takes the paper's own settings (2018), with
     which it reaches the paper; every other pair the reference implementation's later ones."""
     from scripts.mujoco_table import preset_settings, settings_overrides

@@ -9,7 +9,7 @@
 #
 #   bash scripts/mujoco_table.sh td3:halfcheetah td3:hopper          # a 2-GPU machine
 #   bash scripts/mujoco_table.sh td3:walker2d@0 td3:ant@0 ddpg:hopper@1 ddpg:walker2d@1   # two tasks per GPU
-#   bash scripts/mujoco_table.sh td3:hopper:reference@0 ddpg:walker2d:2018@1   # other settings than the presets'
+#   bash scripts/mujoco_table.sh td3:hopper:reference@0 ddpg:hopper:2018@1   # other settings than the presets'
 #   MINUTES=0.5 bash scripts/mujoco_table.sh td3:hopper              # a short check
 #   ARGS="device=cpu --seeds 2 --steps 2000" bash scripts/mujoco_table.sh td3:pendulum   # more arguments for each task
 set -uo pipefail

@@ -86,17 +86,19 @@ def reaches_target_from(run_dir) -> int:
 def test_mujoco_pairs_train_with_the_table_settings(agent, env):
     """``agent=td3 env=walker2d`` alone gives the settings of its row in the MuJoCo table (docs/benchmarks.md), which
     ``scripts/mujoco_table.py`` runs by default (``preset_settings``): the same agent (networks, learning rates), 1M
-    steps, the same random steps and batch. TD3 on Hopper and Walker2d takes the paper's own settings (2018), with
-    which it reaches the paper; every other pair the reference implementation's later ones."""
+    steps, the same random steps and batch. TD3 on Hopper and Walker2d and DDPG on Walker2d and Ant take the paper's
+    own settings (2018), with which they reach the paper; every other pair the reference implementation's later
+    ones."""
     from scripts.mujoco_table import preset_settings, settings_overrides
 
     settings = preset_settings(agent, env)
-    assert settings == ("2018" if (agent, env) in {("td3", "hopper"), ("td3", "walker2d")} else "reference")
+    paper_settings = {("td3", "hopper"), ("td3", "walker2d"), ("ddpg", "walker2d"), ("ddpg", "ant")}
+    assert settings == ("2018" if (agent, env) in paper_settings else "reference")
     pair = compose(f"agent={agent}", f"env={env}")
     table = compose(*settings_overrides(agent, env, settings), f"env={env}")
     assert pair.agent == table.agent and pair.env == table.env
     for key in ("total_steps", "learning_starts", "batch_size", "utd_ratio"):
         assert pair.trainer[key] == table.trainer[key], key
-    random_steps = 1_000 if settings == "2018" else 25_000
+    random_steps = 25_000 if settings == "reference" else 10_000 if env in ("halfcheetah", "ant") else 1_000
     assert (pair.trainer.total_steps, pair.trainer.learning_starts) == (1_000_000, random_steps)
     assert list(pair.agent.hidden_sizes) == ([400, 300] if settings == "2018" else [256, 256])

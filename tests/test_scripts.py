@@ -76,7 +76,7 @@ def test_mujoco_table_stops_at_its_time_limit_continues_and_reports(tmp_path):
 def test_mujoco_table_of_a_run_within_its_random_steps_and_its_names(tmp_path):
     """A run that ends before its first update (here 300 steps against 25k random ones) still gets its JSON and
     row: no evaluation comes after the random steps, and the row says so. ``--name`` prints the results' name for
-    the settings asked for, the pair's preset's by default (TD3 on Hopper: the paper's, ``_2018``)."""
+    the settings asked for, the pair's preset's by default (TD3 on Hopper, DDPG on Ant: the paper's, ``_2018``)."""
     args = ["scripts/mujoco_table.py", "td3", "pendulum", "device=cpu", "trainer.eval_every=100",
             "trainer.eval_episodes=2", "agent.hidden_sizes=[16,16]", "--seeds", "2", "--steps", "300",
             "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
@@ -89,7 +89,8 @@ def test_mujoco_table_of_a_run_within_its_random_steps_and_its_names(tmp_path):
     names = {extra: script("scripts/mujoco_table.py", "td3", "hopper", *extra, "--name").stdout.strip()
              for extra in [(), ("--settings", "reference"), ("--settings", "2018")]}
     assert list(names.values()) == ["td3_hopper_2018", "td3_hopper", "td3_hopper_2018"]
-    assert script("scripts/mujoco_table.py", "ddpg", "ant", "--name").stdout.strip() == "ddpg_ant"
+    assert [script("scripts/mujoco_table.py", "ddpg", env, "--name").stdout.strip() for env in ("ant", "hopper")] \
+        == ["ddpg_ant_2018", "ddpg_hopper"]
 
 
 def test_profile_reports_the_parts_of_the_loop():

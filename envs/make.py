@@ -193,9 +193,11 @@ def probe_spaces(cfg: EnvConfig) -> tuple[gym.Space, gym.Space]:
         env.close()
 
 
-def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: str | None = None) -> VectorEnv:
+def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: str | None = None,
+                 spin_us: int | None = None) -> VectorEnv:
     """``num_envs`` copies of ``cfg.id`` in a vector env with same-step autoreset: ``sync`` (in this process), ``async``
-    (gymnasium's worker processes) or ``shm`` (worker processes trading through shared memory: envs/shm_vector.py).
+    (gymnasium's worker processes) or ``shm`` (worker processes trading through shared memory: envs/shm_vector.py;
+    ``spin_us``, else ``cfg.spin_us``, else :func:`envs.shm_vector.auto_spin_us`: how long its processes poll).
 
     Same-step autoreset: when a sub-env ends, ``step`` returns the first observation of the next episode
     and puts the last one in ``info["final_obs"]``, so every stored transition has its true ``s'``.
@@ -206,9 +208,10 @@ def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: str
     make = _make_in_worker if mode in ("async", "shm") else _make_one
     fns = [lambda i=i: make(cfg, i) for i in range(n)]
     if mode == "shm":
-        from envs.shm_vector import SharedMemoryVectorEnv
+        from envs.shm_vector import SharedMemoryVectorEnv, auto_spin_us
 
-        return SharedMemoryVectorEnv(fns)
+        spin = spin_us if spin_us is not None else cfg.spin_us if cfg.spin_us is not None else auto_spin_us(n)
+        return SharedMemoryVectorEnv(fns, spin=spin / 1e6)
     cls = AsyncVectorEnv if mode == "async" else SyncVectorEnv
     return cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 

@@ -4,7 +4,9 @@ gymnasium's ``AsyncVectorEnv`` sends every step's command and result through a p
 sub-envs' info dicts in Python: for a handful of MuJoCo envs that costs several times the simulation itself
 (docs/benchmarks.md, issue #12). Here each step is: the actions written into one shared array, one semaphore
 release per worker, each worker stepping its env and writing observation, reward and flags into shared arrays,
-one semaphore acquire per worker. Rare commands (reset with seeds, ``call``, close) go through a pipe.
+one semaphore acquire per worker. Rare commands (reset with seeds, ``call``, close) go through a pipe. With ``spin``
+(``env.spin_us``), workers and the main process poll their semaphore for a while before they sleep on it: a sleeping
+process wakes tens to hundreds of microseconds after the release, a polling one at once.
 
 ``step_async`` / ``step_wait`` let the caller work while the workers simulate. Same-step autoreset, as
 ``envs.make.make_vec_env`` gives the other backends: a sub-env that ends is reset at once; ``info["final_obs"]``
@@ -17,6 +19,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,15 +44,39 @@ def worker_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def poll(sem: Any, spin: float) -> bool:
+    """Take ``sem`` if it can be taken within ``spin`` seconds of polling (busy, no sleep); False otherwise. A
+    process that sleeps on a semaphore is woken by the kernel some ten to hundreds of microseconds after the
+    release (more in a VM); one that polls sees it at once, at the price of a busy core while it waits."""
+    if spin <= 0:
+        return False
+    deadline = time.perf_counter() + spin
+    while not sem.acquire(False):
+        if time.perf_counter() > deadline:
+            return False
+        os.sched_yield()  # a core shared with other runnable processes goes to them meanwhile
+    return True
+
+
+def auto_spin_us(workers: int) -> int:
+    """2000 µs where this process may run on a core for each worker and 4 more (the main process, a background
+    evaluation, the GPU driver's threads), else 0: a poller that shares its core with the process it waits for
+    only delays it. 2 ms covers the gap between two steps of a training loop, so that its workers never sleep,
+    while workers left idle (between evaluations, after the run) sleep after 2 ms."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 2000 if cores >= workers + 4 else 0
+
+
 def _worker(index: int, env_fn: Callable[[], gym.Env], buffers: dict[str, Any], shapes: dict, go: Any, done: Any,
-            pipe: Any, command: Any, failed: Any) -> None:
+            pipe: Any, command: Any, failed: Any, spin: float = 0.0) -> None:
     worker_signals()
     a = _arrays(buffers, shapes)
     env, parent = None, os.getppid()
     while True:
-        while not go.acquire(timeout=1.0):
-            if os.getppid() != parent:  # the main process died without closing us (e.g. SIGKILL): do not linger
-                return
+        if not poll(go, spin):
+            while not go.acquire(timeout=1.0):
+                if os.getppid() != parent:  # the main process died without closing us (e.g. SIGKILL): do not linger
+                    return
         cmd = command[index]
         try:
             if env is None:
@@ -85,10 +112,13 @@ def _worker(index: int, env_fn: Callable[[], gym.Env], buffers: dict[str, Any], 
 
 class SharedMemoryVectorEnv(VectorEnv):
     """``len(env_fns)`` envs, one per worker process (see the module docstring). ``timeout``: seconds to wait for a
-    step before checking that every worker is alive."""
+    step before checking that every worker is alive. ``spin``: seconds that a worker polls for its next command, and
+    the main process for the workers' results, before sleeping on the semaphore (:func:`poll`; 0: sleep at once)."""
 
     def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], context: str | None = None,
-                 timeout: float = 1.0) -> None:
+                 timeout: float = 1.0, spin: float = 0.0) -> None:
+        if spin < 0:
+            raise ValueError(f"spin must be >= 0 seconds, got {spin}")
         probe = env_fns[0]()
         self.single_observation_space, self.single_action_space = probe.observation_space, probe.action_space
         self.metadata = dict(getattr(probe, "metadata", {}))
@@ -115,12 +145,12 @@ class SharedMemoryVectorEnv(VectorEnv):
         for i, fn in enumerate(env_fns):
             mine, theirs = ctx.Pipe()
             p = ctx.Process(target=_worker, args=(i, fn, buffers, self.shapes, self.go[i], self.done, theirs,
-                                                  self.command, self.failed), daemon=True, name=f"env-{i}")
+                                                  self.command, self.failed, spin), daemon=True, name=f"env-{i}")
             p.start()
             theirs.close()
             self.pipes.append(mine)
             self.processes.append(p)
-        self.timeout, self.closed, self.waiting, self.broken = timeout, False, False, False
+        self.timeout, self.spin, self.closed, self.waiting, self.broken = timeout, spin, False, False, False
 
     # -- the hot path ------------------------------------------------------------------------------
     def step_async(self, actions: Any) -> None:
@@ -189,6 +219,8 @@ class SharedMemoryVectorEnv(VectorEnv):
 
     def _wait(self, cmd: int) -> None:
         for _ in range(self.num_envs):
+            if poll(self.done, self.spin):
+                continue
             while not self.done.acquire(timeout=self.timeout):
                 dead = [p.name for p in self.processes if not p.is_alive()]
                 if dead:

@@ -45,6 +45,8 @@ class EnvConfig:
     id: str = "Pendulum-v1"  # a gymnasium id (or one registered by ``envs``)
     num_envs: int = 1
     vectorization: str = "sync"  # sync | async (gymnasium's workers) | shm (workers over shared memory: envs/shm_vector.py)
+    spin_us: Optional[int] = None  # shm: µs the workers and the main process poll before sleeping; None: 2000 where
+    # the host has a core for each worker and 4 to spare, else 0 (envs/shm_vector.py: auto_spin_us)
     backend: str = "gymnasium"  # gymnasium: envs on the host | torch: batched envs on the run's device (envs/torch_envs)
     max_episode_steps: Optional[int] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -53,6 +55,8 @@ class EnvConfig:
         positive("env.num_envs", self.num_envs)
         check(self.vectorization in ("sync", "async", "shm"),
               f"env.vectorization must be 'sync', 'async' or 'shm', got {self.vectorization!r}")
+        if self.spin_us is not None:
+            check(self.spin_us >= 0, f"env.spin_us must be >= 0 (0: never poll), got {self.spin_us}")
         check(self.backend in ("gymnasium", "torch"), f"env.backend must be 'gymnasium' or 'torch', got {self.backend!r}")
         if self.backend == "torch":
             from envs.torch_envs import TORCH_ENVS

@@ -46,7 +46,7 @@ from rl.trainer import Diverged, Trainer, with_trainer
 RESUME_MAY_CHANGE = ("trainer.total_steps", "device", "trainer.progress", "trainer.threads", "trainer.compile",
                      "trainer.fuse", "trainer.tf32", "trainer.log_every", "trainer.eval_every", "trainer.eval_episodes",
                      "trainer.eval_background", "trainer.checkpoint_every", "trainer.keep_checkpoints",
-                     "logger.tensorboard", "logger.hparams")
+                     "logger.tensorboard", "logger.hparams", "env.spin_us")
 
 
 def resume_config(saved: Config, given: Config, keys: Iterable[str] | None = None

@@ -446,7 +446,8 @@ def env_evaluator(cfg: Config, device: torch.device) -> Evaluator:
         nonlocal envs
         if envs is None:
             envs = make_vec_env(cfg.env, num_envs=k * min(cfg.trainer.eval_episodes, 10),
-                                vectorization="sync" if k == 1 else cfg.env.vectorization)
+                                vectorization="sync" if k == 1 else cfg.env.vectorization,
+                                spin_us=0)  # idle between evaluations, and K × 10 workers: they sleep
         returns = evaluate_policy(agent, envs, cfg.trainer.eval_episodes, [s + 100_000 for s in cfg.seeds], device)
         mean, std = returns.mean(axis=1).tolist(), returns.std(axis=1).tolist()
         return {"return_mean": mean[0], "return_std": std[0]} if k == 1 else {"return_mean": mean, "return_std": std}

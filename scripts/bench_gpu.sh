@@ -6,6 +6,7 @@
 #   bash scripts/bench_gpu.sh td3-seeds                # TD3 HalfCheetah-v5, 5 seeds in one process, vs SB3 and LeanRL
 #   bash scripts/bench_gpu.sh td3-seeds-tf32           # the same, shorter, fp32 against TF32 matmuls
 #   bash scripts/bench_gpu.sh td3-seeds-fused          # the same, shorter, eager against inductor-compiled losses
+#   bash scripts/bench_gpu.sh td3-seeds-spin           # the same, shorter, env processes sleeping against polling
 #   bash scripts/bench_gpu.sh pendulum cartpole profiles halfcheetah-eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,11 @@ for section in "$@"; do
       $PY scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=shm device=cuda \
         trainer.compile=true trainer.overlap=true trainer.total_steps=100000 --no-sb3 --seeds 0 \
         --variant eager-losses --variant fused trainer.fuse=true ;;
+    td3-seeds-spin)  # the same at 100k steps per seed, without SB3: env workers and main process that sleep on their
+      # semaphores (env.spin_us=0) against ones that poll them first (the default where the host has the cores)
+      $PY scripts/bench.py +experiment=td3_mujoco trainer.num_seeds=5 env.vectorization=shm device=cuda \
+        trainer.compile=true trainer.overlap=true trainer.total_steps=100000 --no-sb3 --seeds 0 \
+        --variant sleep env.spin_us=0 --variant poll env.spin_us=2000 ;;
     pendulum)  # DDPG on 4096 GPU pendulums (wall_s: from building the agent to the end of the final evaluation)
       $PY scripts/bench.py +experiment=ddpg_pendulum_gpu device=cuda --sb3-num-envs 1 --sb3-steps 4000 \
         --sb3-learning-starts 1000 --seeds 0 1 2 ;;
@@ -53,7 +59,8 @@ for section in "$@"; do
         --steps 3000 ;
       $PY scripts/profile_run.py +experiment=ddpg_pendulum_gpu device=cuda --steps 4000000 --kernels ;
       $PY scripts/profile_run.py +experiment=a2c_cartpole_gpu device=cuda --steps 8000000 --kernels ;;
-    *) echo "unknown section $section (tests halfcheetah halfcheetah-eager td3-seeds td3-seeds-tf32 pendulum cartpole"\
+    *) echo "unknown section $section (tests halfcheetah halfcheetah-eager td3-seeds td3-seeds-tf32 td3-seeds-fused"\
+         "td3-seeds-spin pendulum cartpole"\
          "profiles)"; exit 2 ;;
   esac
 done

@@ -127,6 +127,7 @@ CASES: dict[str, Case] = {
     "unknown vectorization": Case("env.vectorization must be 'sync', 'async' or 'shm', got 'threads'",
                                   ("env.vectorization=threads",)),
     "no envs": Case("env.num_envs must be > 0, got 0", ("env.num_envs=0",)),
+    "negative polling time": Case("env.spin_us must be >= 0 (0: never poll), got -5", ("env.spin_us=-5",)),
     "no batched version": Case("env.backend=torch has no batched version of 'Acrobot-v1'",
                                ("agent=a2c", "env.id=Acrobot-v1", "env.backend=torch")),
     "env kwarg the env lacks": Case("env.kwargs do not fit Pendulum-v1", ("+env.kwargs.gravity_x=1",)),

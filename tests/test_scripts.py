@@ -29,6 +29,20 @@ def test_bench_prints_every_variant_and_writes_json(tmp_path):
     assert all(r["timed_steps"] == 200 and r["sps"] > 0 for r in rows)
 
 
+def test_shm_latency_times_both_settings_and_the_raw_step():
+    """Each round trip includes at least one raw step of the env, so no figure may fall below zero or be missing;
+    a bad argument is one line and exit code 2."""
+    import re
+
+    proc = script("scripts/shm_latency.py", "--steps", "200", "--gap-us", "50")
+    assert proc.returncode == 0, proc.stderr
+    trips = [float(x) for x in re.findall(r"spin_us=(?:0|2000)\s+step round trip\s+([\d.]+) µs", proc.stdout)]
+    raw = float(re.search(r"raw step in this process\s+([\d.]+) µs", proc.stdout).group(1))
+    assert len(trips) == 2 and raw > 0 and min(trips) > 0
+    bad = script("scripts/shm_latency.py", "--workers", "0")
+    assert bad.returncode == 2 and "--workers and --steps must be >= 1" in bad.stderr
+
+
 def test_bench_of_batched_seeds_leaves_evaluations_out_and_prints_the_reference(tmp_path):
     out = tmp_path / "bench.json"
     proc = script("scripts/bench.py", *TINY, "agent=td3", "trainer.num_seeds=2", "--eval-every", "100", "--no-sb3",

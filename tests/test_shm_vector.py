@@ -45,12 +45,16 @@ def assert_same(a: list, b: list) -> None:
             assert np.array_equal(x, y)
 
 
-@pytest.mark.parametrize("env_id, steps", [("Pendulum-v1", 120), ("CartPole-v1", 120), ("Hopper-v5", 300)])
-def test_shm_vector_env_steps_as_sync(env_id, steps):
+@pytest.mark.parametrize("env_id, steps, spin_us", [("Pendulum-v1", 120, 0), ("CartPole-v1", 120, 0),
+                                                    ("Hopper-v5", 300, 0), ("Pendulum-v1", 120, 500)])
+def test_shm_vector_env_steps_as_sync(env_id, steps, spin_us):
+    """Also with polling processes (``spin_us``): the same transitions, whether a release is seen by polling or
+    by waking from the semaphore (with 3 polling workers on this 2-core machine, both happen)."""
     if env_id == "Hopper-v5":
         pytest.importorskip("mujoco")
-    cfg = EnvConfig(id=env_id, max_episode_steps=40)  # short episodes: autoresets inside the rollout
+    cfg = EnvConfig(id=env_id, max_episode_steps=40, spin_us=spin_us)  # short episodes: autoresets inside the rollout
     sync, shm = make_vec_env(cfg, num_envs=3, vectorization="sync"), make_vec_env(cfg, num_envs=3, vectorization="shm")
+    assert shm.spin == spin_us / 1e6
     try:
         assert isinstance(shm, SharedMemoryVectorEnv)
         want, got = rollout(sync, steps), rollout(shm, steps)
@@ -64,6 +68,34 @@ def test_shm_vector_env_steps_as_sync(env_id, steps):
     finally:
         sync.close()
         shm.close()
+
+
+def test_poll_takes_a_released_semaphore_and_gives_up_after_its_time():
+    import multiprocessing as mp
+    import time
+
+    from envs.shm_vector import poll
+
+    sem = mp.get_context().Semaphore(0)
+    t = time.perf_counter()
+    assert not poll(sem, 0.01) and time.perf_counter() - t >= 0.01  # nothing released: False once 10 ms have passed
+    assert not poll(sem, 0)  # no polling at all
+    sem.release()
+    assert poll(sem, 0.01) and not sem.acquire(False)  # taken, and only once
+
+
+def test_auto_spin_polls_only_with_a_core_for_each_worker_and_four_to_spare(monkeypatch):
+    from envs import shm_vector
+
+    for cores, workers, want in [(16, 5, 2000), (9, 5, 2000), (8, 5, 0), (2, 1, 0), (32, 50, 0)]:
+        monkeypatch.setattr(shm_vector.os, "sched_getaffinity", lambda _pid, c=cores: set(range(c)), raising=False)
+        assert shm_vector.auto_spin_us(workers) == want, (cores, workers)
+    monkeypatch.setattr(shm_vector.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    envs = make_vec_env(EnvConfig(), num_envs=2, vectorization="shm")  # the default, env.spin_us=None: auto
+    try:
+        assert envs.spin == 0  # 2 cores: the processes sleep
+    finally:
+        envs.close()
 
 
 def rollout_tail(envs, steps: int) -> list:
@@ -115,18 +147,19 @@ def test_shm_vector_env_reports_failures():
 
 def test_training_with_shm_workers_matches_sync_and_resumes(tmp_path):
     """DDPG with updates overlapped with the env step (the workers simulate while the updates are launched): the same
-    parameters as with in-process envs, and a run stopped halfway resumes to the same end."""
-    def cfg(vectorization, total, resume=None):
+    parameters as with in-process envs, and a run stopped halfway resumes to the same end; polling or sleeping
+    processes (``env.spin_us``, which a resumed run may change) step the same."""
+    def cfg(vectorization, total, resume=None, spin_us=None):
         return Config(agent=DDPGConfig(hidden_sizes=[16]), env=EnvConfig(num_envs=2, vectorization=vectorization,
-                                                                         max_episode_steps=60),
+                                                                         max_episode_steps=60, spin_us=spin_us),
                       buffer=BufferConfig(capacity=2000), logger=LoggerConfig(tensorboard=False), seed=1,
                       device="cpu", trainer=TrainerConfig(total_steps=total, learning_starts=100, eval_every=0,
                                                           eval_episodes=2, progress=False, overlap=True,
                                                           resume=resume))
     sync = run(cfg("sync", 300), run_dir=tmp_path / "sync")
-    full = run(cfg("shm", 300), run_dir=tmp_path / "full")
+    full = run(cfg("shm", 300, spin_us=300), run_dir=tmp_path / "full")
     run(cfg("shm", 150), run_dir=tmp_path / "half")
-    resumed = run(cfg("shm", 300, resume=str(tmp_path / "half")), total_steps=300)
+    resumed = run(cfg("shm", 300, resume=str(tmp_path / "half"), spin_us=300), total_steps=300)
     assert sync["step"] == full["step"] == resumed["step"] == 300
     assert full["return_mean"] == sync["return_mean"] == resumed["return_mean"]
     modules = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["agent"]["modules"]

@@ -210,8 +210,9 @@ def make_vec_env(cfg: EnvConfig, num_envs: int | None = None, vectorization: str
     if mode == "shm":
         from envs.shm_vector import SharedMemoryVectorEnv, auto_spin_us
 
-        spin = spin_us if spin_us is not None else cfg.spin_us if cfg.spin_us is not None else auto_spin_us(n)
-        return SharedMemoryVectorEnv(fns, spin=spin / 1e6)
+        if spin_us is None:
+            spin_us = auto_spin_us(n) if cfg.spin_us is None else cfg.spin_us
+        return SharedMemoryVectorEnv(fns, spin=spin_us / 1e6)
     cls = AsyncVectorEnv if mode == "async" else SyncVectorEnv
     return cls(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 

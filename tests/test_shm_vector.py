@@ -2,8 +2,10 @@
 gymnasium's SyncVectorEnv (same-step autoreset), train and resume as the other backends do, and report a failing or
 dead worker as one error instead of hanging."""
 
+import multiprocessing as mp
 import os
 import signal
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -13,7 +15,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from agents.ddpg import DDPGConfig
 from envs.make import make_vec_env, restore, snapshot
-from envs.shm_vector import SharedMemoryVectorEnv
+from envs.shm_vector import SharedMemoryVectorEnv, poll
 from rl.config import BufferConfig, Config, EnvConfig, LoggerConfig, TrainerConfig
 from rl.train import run
 
@@ -71,11 +73,6 @@ def test_shm_vector_env_steps_as_sync(env_id, steps, spin_us):
 
 
 def test_poll_takes_a_released_semaphore_and_gives_up_after_its_time():
-    import multiprocessing as mp
-    import time
-
-    from envs.shm_vector import poll
-
     sem = mp.get_context().Semaphore(0)
     t = time.perf_counter()
     assert not poll(sem, 0.01) and time.perf_counter() - t >= 0.01  # nothing released: False once 10 ms have passed
@@ -171,7 +168,6 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path):
     """A main process killed with SIGKILL cannot close its workers: they notice within about a second and exit."""
     import subprocess
     import sys
-    import time
 
     from tests.conftest import ROOT
 

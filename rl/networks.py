@@ -9,12 +9,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from rl.optim import WideAdam
+
 
 def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam as the hot path wants it: on CUDA one fused kernel per step, with its step count on the device
-    (``capturable``) so that a CUDA graph can replay the step; on a CPU the foreach implementation."""
+    """Adam as the hot path wants it: on CUDA the fused kernel spread over the whole GPU (``rl.optim.WideAdam``),
+    with its step count on the device (``capturable``) so that a CUDA graph can replay the step; on a CPU the
+    foreach implementation."""
     if device.type == "cuda":
-        return torch.optim.Adam(params, lr=lr, fused=True, capturable=True)
+        return WideAdam(params, lr=lr)
     return torch.optim.Adam(params, lr=lr, foreach=True)
 
 

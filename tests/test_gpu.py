@@ -321,3 +321,39 @@ def test_update_queued_behind_the_action_equals_waiting_for_the_action(vectoriza
     monkeypatch.setattr(VectorEnvCollector, "_download", lambda self, action: (lambda a=action.cpu().numpy(): a))
     waited = train()
     assert torch.equal(queued, waited)
+
+
+def test_wide_adam_in_a_cuda_graph_is_bitwise_fused_adam():
+    """rl.optim.WideAdam (the hot path's Adam on CUDA) against torch's fused capturable Adam, both replayed from
+    CUDA graphs, on TD3's critic shapes at 5 seeds (10 ensemble members of 23 → 256 → 256 → 1)."""
+    from rl.optim import WideAdam
+
+    shapes = [(10, 256, 23), (10, 1, 256), (10, 256, 256), (10, 1, 256), (10, 1, 256), (10, 1, 1)]
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=g) * 0.1 for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(5)]
+    out = []
+    for make in (lambda ps: torch.optim.Adam(ps, lr=3e-4, fused=True, capturable=True),
+                 lambda ps: WideAdam(ps, lr=3e-4)):
+        ps = [torch.nn.Parameter(t.to(CUDA)) for t in init]
+        for p in ps:
+            p.grad = torch.zeros_like(p)
+        opt = make(ps)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # the warm-up step creates Adam's state outside the capture
+            opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            opt.step()
+        for gs in grads:
+            for p, grad in zip(ps, gs):
+                p.grad.copy_(grad)
+            graph.replay()
+        torch.cuda.synchronize()
+        out.append((ps, opt))
+    (ref, ref_opt), (wide, wide_opt) = out
+    assert all(torch.equal(a, b) for a, b in zip(ref, wide))
+    assert float(wide_opt.state[wide[2]]["step"]) == 6.0
+    assert all(torch.equal(ref_opt.state[a]["exp_avg_sq"], wide_opt.state[b]["exp_avg_sq"]) for a, b in zip(ref, wide))

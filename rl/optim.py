@@ -104,6 +104,9 @@ class WideAdam(torch.optim.Adam):
         super().__init__(params, lr=lr, fused=True, capturable=capturable)
         self.piece = piece
 
+    def __getstate__(self) -> dict:  # Optimizer's own keeps only defaults, state and groups (deepcopy, pickle)
+        return {**super().__getstate__(), "piece": self.piece}
+
     def piece_for(self, params: list[Tensor]) -> int:
         """Elements per view for a group of these parameters."""
         if self.piece is not None:

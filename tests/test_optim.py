@@ -89,3 +89,15 @@ def test_options_that_are_not_plain_adam_are_refused():
     p.grad = torch.ones(3)
     with pytest.raises(ValueError, match="plain Adam"):
         opt.step()
+
+
+def test_a_copy_keeps_its_piece_and_steps_alike():
+    """Agents are deep-copied (the graphed = eager tests, the evaluator); Optimizer's own state keeps no extras."""
+    _, wide, _, wide_opt = pair(64)
+    twin = copy.deepcopy((wide, wide_opt))
+    assert twin[1].piece == 64
+    for ps, opt in ((wide, wide_opt), twin):
+        for p in ps:
+            p.grad = torch.full_like(p, 0.5)
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(wide, twin[0]))

@@ -83,6 +83,11 @@ class MasterAdam:
                 p.copy_(m)
 
 
+def default_piece(numel: int, pieces: int = 30) -> int:
+    """WideAdam's elements per view for a group of ``numel`` elements: ``numel / pieces``, rounded up to 64."""
+    return max(64, math.ceil(numel / pieces / 64) * 64)
+
+
 class WideAdam(torch.optim.Adam):
     """``torch.optim.Adam(params, lr, fused=True, capturable=...)`` whose kernel runs on more of the GPU.
 
@@ -90,13 +95,12 @@ class WideAdam(torch.optim.Adam):
     ensemble members of 256×256) hold 0.7M parameters: about 14 blocks on an H200's 132 SMs, each looping 32 times.
     This optimizer hands the same kernel flat views of ``piece`` elements instead, one block each. A launch of the
     kernel takes at most 36 tensors (``multi_tensor_apply`` with 4 lists), so the default piece is a group's size
-    over 30, rounded up to 64 elements: about one launch of 30-36 blocks. Each element goes through the same
-    arithmetic with the same step count, so the result is bitwise that of ``torch.optim.Adam(fused=True)``
-    (tests/test_optim.py); the state and ``state_dict`` are Adam's own, so checkpoints move between the two.
+    over 30, rounded up to 64 elements (:func:`default_piece`): about one launch of 30-36 blocks. Each element goes
+    through the same arithmetic with the same step count, so the result is bitwise that of
+    ``torch.optim.Adam(fused=True)`` (tests/test_optim.py); the state and ``state_dict`` are Adam's own, so
+    checkpoints move between the two.
     Plain Adam only: no AMSGrad, maximize or weight decay. ``python scripts/bench_adam.py`` times it on a GPU.
     """
-
-    PIECES = 30
 
     def __init__(self, params, lr: float, piece: int | None = None, capturable: bool = True) -> None:
         if piece is not None and (piece < 1 or piece % 64):
@@ -109,9 +113,7 @@ class WideAdam(torch.optim.Adam):
 
     def piece_for(self, params: list[Tensor]) -> int:
         """Elements per view for a group of these parameters."""
-        if self.piece is not None:
-            return self.piece
-        return max(64, math.ceil(sum(p.numel() for p in params) / self.PIECES / 64) * 64)
+        return self.piece or default_piece(sum(p.numel() for p in params))
 
     @torch.no_grad()
     def step(self, closure=None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rl.optim import WideAdam  # noqa: E402
+from rl.optim import WideAdam, default_piece  # noqa: E402
 
 
 def mlp_shapes(members: int, sizes: list[int]) -> list[tuple[int, ...]]:
@@ -69,8 +69,7 @@ def main() -> None:
                "fused": time_step(lambda ps: torch.optim.Adam(ps, lr=3e-4, fused=True, capturable=True), shapes)}
         for piece in args.pieces:
             row[f"wide_{piece}"] = time_step(lambda ps: WideAdam(ps, lr=3e-4, piece=piece or None), shapes)
-        row["default_piece"] = WideAdam([torch.nn.Parameter(torch.zeros(s)) for s in shapes], lr=3e-4,
-                                        capturable=False).piece_for([torch.zeros(s) for s in shapes])
+        row["default_piece"] = default_piece(numel)
         rows.append(row)
         print(f"  {name:8s} {numel:>9,} parameters: fused {row['fused']:6.1f}   "
               + "   ".join(f"{p or 'default ' + str(row['default_piece'])} {row[f'wide_{p}']:6.1f}"

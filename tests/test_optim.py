@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from rl.optim import WideAdam
+from rl.optim import WideAdam, default_piece
 
 # An ensemble weight, a bias, a tensor that is not a multiple of the piece, and one smaller than a piece.
 SHAPES = [(3, 70, 40), (3, 1, 40), (1000,), (5,)]
@@ -63,6 +63,7 @@ def test_the_default_piece_makes_about_one_launch_of_the_kernel():
     shapes = [(10, 256, 23), (10, 1, 256), (10, 256, 256), (10, 1, 256), (10, 1, 256), (10, 1, 1)]  # TD3's critics, K=5
     ps = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
     piece = WideAdam(ps, lr=1e-3, capturable=False).piece_for(ps)
+    assert piece == default_piece(sum(p.numel() for p in ps))
     views = sum(-(-p.numel() // piece) for p in ps)
     assert piece % 64 == 0 and 30 <= views <= 36  # multi_tensor_apply launches at most 36 tensors of 4 lists
 
